@@ -1,0 +1,1 @@
+"""REST API: Klein application with WCS-compatible routes, JSON errors, auth and TLS."""

@@ -1,0 +1,1 @@
+"""RTMP client: AMF0, FLV, chunking and handshake (pure) with a Twisted protocol and publisher."""
