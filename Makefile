@@ -1,0 +1,41 @@
+# wcsgw: `make run` starts the gateway with its embedded defaults; `make test` installs everything and runs the suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+# Debian packages the end-to-end tests use: the RTMP server, the SIP far end, RTP sources/readers, captures.
+APT_PACKAGES = nginx libnginx-mod-rtmp sip-tester ffmpeg tcpdump curl openssl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test debian-packages python-venv-support venv bench clean
+
+run: venv
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/twistd -n --pidfile= wcsgw $(ARGS)
+
+test: debian-packages venv
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/trial --temp-directory=$(CURDIR)/_trial_temp tests
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py | python-venv-support
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=64' wheel
+	$(VENV)/bin/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+# Debian's python3 needs python3-venv for `python3 -m venv`; install it only when it is missing.
+python-venv-support:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }
+
+# Install only what is missing, so repeated runs cost nothing.
+debian-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) _trial_temp *.egg-info build twisted/plugins/dropin.cache

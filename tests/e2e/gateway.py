@@ -1,0 +1,180 @@
+"""
+Run the real gateway (``twistd -n wcsgw``) as a child process for end-to-end tests, and small helpers they share:
+free ports on 127.0.0.1, waiting on a condition with a deadline, and a recording CallApp receiver.
+
+Usage in a trial ``TestCase``::
+
+    gateway = yield start_gateway(self, ["--rest-port", str(free_tcp_port())])
+    ...                          # the process is stopped (SIGTERM, then SIGKILL) in cleanup
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@inlineCallbacks
+def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds (generous on purpose)."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        yield deferLater(reactor, interval, lambda: None)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[int] = Deferred()
+        self.exit_code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.exit_code = reason.value.exitCode
+        self.ended.callback(self.exit_code)
+
+
+class ChildProcess:
+    """A child process with its output collected; ``stop`` sends SIGTERM, then SIGKILL after ``grace`` seconds."""
+
+    def __init__(self, argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self._proto = _Collect()
+        self._transport = reactor.spawnProcess(self._proto, self.argv[0], self.argv, env=env or dict(os.environ),
+                                               path=str(cwd))
+
+    @property
+    def output(self) -> str:
+        return self._proto.output.decode("utf-8", "replace")
+
+    @property
+    def running(self) -> bool:
+        return self._proto.exit_code is None and not self._proto.ended.called
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._proto.exit_code
+
+    def ended(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        if self._proto.ended.called:
+            d.callback(self._proto.exit_code)
+        else:
+            self._proto.ended.addBoth(lambda result: (d.callback(result), result)[1])
+        return d
+
+    @inlineCallbacks
+    def stop(self, grace: float = 15.0) -> Any:
+        if not self.running:
+            return self.exit_code
+        self._transport.signalProcess("TERM")
+        try:
+            yield wait_for(lambda: not self.running, timeout=grace, what=f"{self.argv[0]} to exit")
+        except AssertionError:
+            self._transport.signalProcess("KILL")
+            yield self.ended()
+        return self.exit_code
+
+
+@inlineCallbacks
+def start_gateway(test: TestCase, args: Sequence[str], *, cwd: Path | None = None) -> Any:
+    """Start ``twistd -n wcsgw ARGS`` in ``cwd`` (a fresh temp dir by default); wait until REST answers."""
+    workdir = cwd or Path(test.mktemp())
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = ChildProcess([TWISTD, "-n", "--pidfile=", "wcsgw", *args], cwd=workdir, env=env)
+    test.addCleanup(child.stop)
+    port = int(args[list(args).index("--rest-port") + 1])
+    try:
+        yield wait_for(lambda: port_open(port) or not child.running, timeout=60, what="the gateway's REST port")
+    except AssertionError:
+        raise AssertionError(f"gateway did not start:\n{child.output}") from None
+    if not child.running:
+        raise AssertionError(f"gateway exited with {child.exit_code}:\n{child.output}")
+    child.workdir = workdir  # type: ignore[attr-defined]
+    return child
+
+
+class _EventResource(Resource):
+    isLeaf = True
+
+    def __init__(self, receiver: CallAppReceiver) -> None:
+        super().__init__()
+        self._receiver = receiver
+
+    def render_POST(self, request: Any) -> bytes:
+        body = request.content.read()
+        self._receiver.events.append((request.path.decode(), json.loads(body)))
+        request.setHeader(b"Content-Type", b"application/json")
+        return b"{}"
+
+
+class CallAppReceiver:
+    """A real HTTP server on 127.0.0.1 that records the CallApp events POSTed to it."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_tcp_port()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._listening: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/CallApp"
+
+    def start(self, test: TestCase) -> None:
+        self._listening = reactor.listenTCP(self.port, Site(_EventResource(self)), interface="127.0.0.1")
+        test.addCleanup(self.stop)
+
+    def stop(self) -> Any:
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            return listening.stopListening()
+        return None
+
+    def statuses(self, call_id: str) -> list[tuple[str, str | None]]:
+        return [(e["status"], e.get("rtmpStreamStatus")) for _, e in self.events if e.get("callId") == call_id]
+

@@ -1,0 +1,132 @@
+"""Tests for wcsgw.tap: command-line options, their errors, and the service tree for each profile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from wcsgw import config
+from wcsgw.tap import GatewayService, Options
+
+
+def parse(*args: str) -> config.Settings:
+    options = Options()
+    options.parseOptions(list(args))
+    return options.settings
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # Run in an empty directory so that no etc/wcsgw.properties is picked up by default.
+        self.cwd = Path(self.mktemp()).resolve()
+        self.cwd.mkdir()
+        old = os.getcwd()
+        os.chdir(self.cwd)
+        self.addCleanup(os.chdir, old)
+
+    def test_embedded_defaults(self) -> None:
+        """Without options or a settings file the embedded defaults apply: dev profile, REST on 8081."""
+        settings = parse()
+        self.assertEqual(settings, config.build_settings())
+        self.assertEqual((settings.profile, settings.rest_port), ("dev", 8081))
+
+    def test_every_option(self) -> None:
+        """Each documented option sets its setting."""
+        settings = parse("--profile", "production", "--rest-port", "9001", "--https-port", "9444",
+                         "--sip-port", "5070", "--sip-address", "127.0.0.1", "--public-address", "192.0.2.7",
+                         "--media-ports", "40000-40100", "--callapp-url", "http://127.0.0.1:9/CallApp",
+                         "--state-dir", "/tmp/wcsgw-state")
+        self.assertEqual(
+            (settings.profile, settings.rest_port, settings.https_port, settings.sip_port, settings.ip_local,
+             settings.ip, settings.media_port_from, settings.media_port_to, settings.callapp_url, settings.state_dir),
+            ("production", 9001, 9444, 5070, "127.0.0.1", "192.0.2.7", 40000, 40100, "http://127.0.0.1:9/CallApp",
+             "/tmp/wcsgw-state"))
+
+    def test_help_documents_options(self) -> None:
+        """--help text names every option with its setting and default."""
+        text = str(Options())
+        for option in ("--config", "--profile", "--rest-port", "--https-port", "--sip-port", "--sip-address",
+                       "--public-address", "--media-ports", "--callapp-url", "--state-dir"):
+            self.assertIn(option, text)
+        self.assertIn("default 8081", text)
+
+    def test_bad_values_name_the_option(self) -> None:
+        """A bad value is a usage error naming the option."""
+        cases = [
+            (["--rest-port", "http"], "--rest-port: expected an integer"),
+            (["--https-port", "70000"], "--https-port: expected an integer from 0 to 65535"),
+            (["--profile", "prod"], "--profile: expected one of dev, production"),
+            (["--sip-address", "localhost"], "--sip-address: expected an IP address"),
+            (["--public-address", "a b"], "--public-address: expected an IP address or host name"),
+            (["--media-ports", "40000"], "--media-ports: expected FROM-TO"),
+            (["--media-ports", "40100-40000"], "--media-ports: FROM must be below TO"),
+            (["--callapp-url", "localhost:9091"], "--callapp-url: expected an http:// or https:// URL"),
+            (["--config", "/nonexistent/wcsgw.properties"], "--config: cannot read /nonexistent/wcsgw.properties"),
+        ]
+        for args, message in cases:
+            with self.assertRaises(UsageError) as caught:
+                parse(*args)
+            self.assertIn(message, str(caught.exception))
+
+    def test_config_file_and_override(self) -> None:
+        """--config reads a settings file; command-line options override it."""
+        path = self.cwd / "my.properties"
+        path.write_text("rest_port=9100\nsip_port=5080\n")
+        settings = parse("--config", str(path), "--rest-port", "9200")
+        self.assertEqual((settings.rest_port, settings.sip_port), (9200, 5080))
+
+    def test_default_config_file_when_present(self) -> None:
+        """etc/wcsgw.properties in the working directory is read when no --config is given."""
+        (self.cwd / "etc").mkdir()
+        (self.cwd / "etc" / "wcsgw.properties").write_text("sip_port=5090\n")
+        self.assertEqual(parse().sip_port, 5090)
+
+    def test_bad_config_line_reported_with_file_and_line(self) -> None:
+        """A bad line of the settings file is a usage error with file and line number."""
+        path = self.cwd / "bad.properties"
+        path.write_text("# ok\nrest_port=8081\nmedia_port_from=ten\n")
+        with self.assertRaises(UsageError) as caught:
+            parse("--config", str(path))
+        self.assertIn(f"{path}:3: media_port_from: expected an integer", str(caught.exception))
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_dev_profile_listens_http_only(self) -> None:
+        """The dev profile serves REST over HTTP on 127.0.0.1 only, without TLS."""
+        reactor = MemoryReactorClock()
+        service = GatewayService(reactor, config.build_settings({"state_dir": self.mktemp()}))
+        service.startService()
+        self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers],
+                         [(8081, "127.0.0.1")])
+        self.assertEqual(reactor.sslServers, [])
+        self.successResultOf(service.stopService())
+
+    def test_production_profile_adds_https_and_generates_certificate(self) -> None:
+        """Production serves HTTP and HTTPS on every interface and makes a self-signed certificate once."""
+        state = Path(self.mktemp())
+        reactor = MemoryReactorClock()
+        settings = config.build_settings({"profile": "production", "state_dir": str(state)})
+        service = GatewayService(reactor, settings)
+        service.startService()
+        self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers], [(8081, "0.0.0.0")])
+        self.assertEqual([(port, interface) for port, _, _, _, interface in reactor.sslServers], [(8444, "0.0.0.0")])
+        cert = (state / "tls" / "wcsgw-cert.pem").read_bytes()
+        self.assertIn(b"BEGIN CERTIFICATE", cert)
+        self.assertEqual((state / "tls" / "wcsgw-key.pem").stat().st_mode & 0o777, 0o600)
+        self.successResultOf(service.stopService())
+        GatewayService(MemoryReactorClock(), settings)
+        self.assertEqual((state / "tls" / "wcsgw-cert.pem").read_bytes(), cert)
+
+    def test_unusable_certificate_files(self) -> None:
+        """Configured certificate files that cannot be used are reported naming the problem."""
+        bad = Path(self.mktemp())
+        bad.write_text("not a certificate")
+        settings = config.build_settings({"profile": "production", "tls_cert_file": str(bad),
+                                          "tls_key_file": str(bad), "state_dir": self.mktemp()})
+        with self.assertRaises(ValueError) as caught:
+            GatewayService(MemoryReactorClock(), settings)
+        self.assertIn("bad TLS certificate", str(caught.exception))

@@ -1,0 +1,325 @@
+"""
+Settings: one table of every setting, read from a ``.properties`` file and overridden by the command line.
+
+The table (``SETTINGS``) is the single source of truth: the embedded defaults, the parser of each value, the
+comment printed in ``etc/wcsgw.properties`` and the command-line option that overrides it.  Names follow
+Flashphoner WCS's ``flashphoner.properties`` where WCS has the setting (``media_port_from``, ``rtp_in_buffer``,
+``disable_streaming_proxy``, ``ip``, ``ip_local``, ``codecs``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting could not be read; the message names the setting (and the file and line when there is one)."""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _parse_address(text: str) -> str:
+    """An IPv4/IPv6 literal or an empty string (meaning: choose automatically)."""
+    value = text.strip()
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"expected an IP address, got {text!r}") from None
+    return value
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _parse_host(text: str) -> str:
+    """An IP literal or a DNS host name, or empty (meaning: choose automatically)."""
+    value = text.strip()
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOST_RE.match(value) or len(value) > 253:
+                raise ValueError(f"expected an IP address or host name, got {text!r}") from None
+    return value
+
+
+def _parse_http_url(text: str) -> str:
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"bad port in URL {text!r}") from None
+    return value.rstrip("/")
+
+
+def _parse_text(text: str) -> str:
+    return text.strip()
+
+
+def _parse_delays(text: str) -> tuple[float, ...]:
+    """A comma-separated list of delays in seconds (an empty list disables retries)."""
+    value = text.strip()
+    if not value:
+        return ()
+    delays = []
+    for item in value.split(","):
+        try:
+            delay = float(item)
+        except ValueError:
+            raise ValueError(f"expected comma-separated seconds, got {text!r}") from None
+        if not 0 < delay <= 3600:
+            raise ValueError(f"each delay must be above 0 and at most 3600 seconds, got {item.strip()!r}")
+        delays.append(delay)
+    return tuple(delays)
+
+
+#: Codec names of WCS's ``codecs`` setting that the gateway knows, in offer order.
+KNOWN_CODECS = ("alaw", "ulaw", "opus", "speex16", "speex", "telephone-event", "h264", "vp8")
+
+
+def _parse_codecs(text: str) -> tuple[str, ...]:
+    names = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+    for name in names:
+        if name not in KNOWN_CODECS:
+            raise ValueError(f"unknown codec {name!r} (known: {', '.join(KNOWN_CODECS)})")
+    if len(set(names)) != len(names):
+        raise ValueError("a codec is listed twice")
+    return names
+
+
+def _parse_activity(text: str) -> tuple[bool, int]:
+    """WCS's ``rtp_activity_detecting``: ``true,60`` (detect, seconds) or ``false``."""
+    head, _, tail = text.strip().partition(",")
+    enabled = _parse_bool(head)
+    seconds = _parse_int(1, 86400)(tail) if tail.strip() else 60
+    return (enabled, seconds)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], bool):
+        return f"{_format(value[0])},{value[1]}"
+    if isinstance(value, tuple):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: its name in the properties file, parser, default, one-line comment, and CLI option if any."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    comment: str
+    option: str | None = None
+
+    def default_text(self) -> str:
+        return _format(self.default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("profile", _parse_choice("dev", "production"), "dev",
+            "dev: HTTP REST without auth; production: adds HTTPS and HTTP Basic auth on every REST request",
+            "profile"),
+    Setting("rest_address", _parse_address, "",
+            "REST bind address; empty: 127.0.0.1 in the dev profile, 0.0.0.0 (all) in production"),
+    Setting("rest_port", _parse_int(0, 65535), 8081, "REST over HTTP (both profiles)", "rest-port"),
+    Setting("https_port", _parse_int(0, 65535), 8444, "REST over HTTPS (production profile)", "https-port"),
+    Setting("tls_cert_file", _parse_text, "",
+            "PEM certificate for HTTPS; empty: a self-signed one generated into state_dir on first start"),
+    Setting("tls_key_file", _parse_text, "", "PEM private key for tls_cert_file"),
+    Setting("state_dir", _parse_text, "var",
+            "where the generated certificate and the REST credentials live (relative to the working directory)",
+            "state-dir"),
+    Setting("callapp_url", _parse_http_url, "http://localhost:9091/CallApp",
+            "CallApp: status events are POSTed to <callapp_url>/CallStatusEvent", "callapp-url"),
+    Setting("callapp_retry_delays", _parse_delays, (0.5, 1.0, 2.0, 4.0),
+            "seconds between retries of an event the CallApp receiver did not take (empty: no retries)"),
+    Setting("callapp_queue_limit", _parse_int(1, 10000), 64,
+            "events waiting per call; beyond it the oldest waiting one is dropped (counted, logged)"),
+    Setting("ended_call_ttl", _parse_float(0, 86400), 60.0,
+            "seconds an ended call stays visible to call/find with its final status"),
+    Setting("ip_local", _parse_address, "0.0.0.0", "SIP and media (RTP) bind address", "sip-address"),
+    Setting("ip", _parse_host, "",
+            "public address written into SDP and Contact; empty: the local address that routes to the far end",
+            "public-address"),
+    Setting("sip_port", _parse_int(0, 65535), 5060, "UDP port of the SIP user agent", "sip-port"),
+    Setting("user_agent", _parse_text, "wcsgw/0.1", "User-Agent header of SIP requests and o= line of SDP"),
+    Setting("media_port_from", _parse_int(1024, 65534), 31001, "first UDP port of the RTP/RTCP range"),
+    Setting("media_port_to", _parse_int(1025, 65535), 32000, "last UDP port of the RTP/RTCP range"),
+    Setting("codecs", _parse_codecs, KNOWN_CODECS,
+            "codecs offered to the SIP side, in order of preference (WCS names)"),
+    Setting("dtmf", _parse_choice("rfc2833", "info"), "rfc2833",
+            "DTMF method of call/send_dtmf when the request names no type"),
+    Setting("rtp_in_buffer", _parse_bool, True,
+            "jitter buffer on incoming RTP (reorders, keeps audio and video in step)"),
+    Setting("rtp_activity_detecting", _parse_activity, (True, 60),
+            "end a call FAILED_BY_RTP_ACTIVITY after this many seconds without incoming RTP"),
+    Setting("disable_streaming_proxy", _parse_bool, False,
+            "true: re-encode H.264 video instead of passing it through (WCS's fix for Wowza freezes)"),
+)
+
+_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The effective settings of one gateway process (embedded defaults, then the file, then the command line)."""
+
+    profile: str
+    rest_address: str
+    rest_port: int
+    https_port: int
+    tls_cert_file: str
+    tls_key_file: str
+    state_dir: str
+    callapp_url: str
+    callapp_retry_delays: tuple[float, ...]
+    callapp_queue_limit: int
+    ended_call_ttl: float
+    ip_local: str
+    ip: str
+    sip_port: int
+    user_agent: str
+    media_port_from: int
+    media_port_to: int
+    codecs: tuple[str, ...]
+    dtmf: str
+    rtp_in_buffer: bool
+    rtp_activity_detecting: tuple[bool, int]
+    disable_streaming_proxy: bool
+
+    @property
+    def production(self) -> bool:
+        return self.profile == "production"
+
+    @property
+    def rest_bind_address(self) -> str:
+        if self.rest_address:
+            return self.rest_address
+        return "0.0.0.0" if self.production else "127.0.0.1"
+
+
+def defaults() -> dict[str, Any]:
+    """The embedded defaults, by setting name."""
+    return {setting.name: setting.default for setting in SETTINGS}
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse one setting's text; raises ``ConfigError`` naming the setting."""
+    setting = _BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(f"unknown setting {name!r}")
+    try:
+        return setting.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def read_properties(text: str, path: str = "<string>") -> dict[str, Any]:
+    """
+    Read a ``.properties`` file: ``name=value`` (or ``name = value``) lines, ``#`` and ``!`` comments, blank lines.
+
+    Every problem is reported as ``ConfigError("<path>:<line>: ...")``.
+    """
+    values: dict[str, Any] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"{path}:{lineno}: expected name=value, got {raw.strip()!r}")
+        if name in values:
+            raise ConfigError(f"{path}:{lineno}: {name} is set twice")
+        try:
+            values[name] = parse_value(name, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc}") from None
+    return values
+
+
+def build_settings(*layers: Mapping[str, Any]) -> Settings:
+    """Embedded defaults overlaid with each layer in turn (file, then command line); checks cross-field rules."""
+    merged = defaults()
+    for layer in layers:
+        merged.update(layer)
+    if merged["media_port_from"] >= merged["media_port_to"]:
+        raise ConfigError(
+            f"media_port_from ({merged['media_port_from']}) must be below media_port_to ({merged['media_port_to']})"
+        )
+    if bool(merged["tls_cert_file"]) != bool(merged["tls_key_file"]):
+        raise ConfigError("tls_cert_file and tls_key_file must be given together")
+    return Settings(**merged)
+
+
+def render_properties(settings: Iterable[Setting] = SETTINGS) -> str:
+    """The text of ``etc/wcsgw.properties``: every setting with its default and a one-line comment."""
+    lines = [
+        "# wcsgw settings: every setting with its embedded default.",
+        "# Command-line options (twistd wcsgw --help) override this file.",
+        "",
+    ]
+    for setting in settings:
+        option = f" (--{setting.option})" if setting.option else ""
+        lines.append(f"# {setting.comment}{option}")
+        lines.append(f"{setting.name}={setting.default_text()}")
+        lines.append("")
+    return "\n".join(lines)

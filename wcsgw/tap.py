@@ -1,0 +1,142 @@
+"""
+``twistd wcsgw``: command-line options and the service tree.  The only module that imports the global reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from wcsgw import config
+from wcsgw.calls import CallManager, new_node_id
+from wcsgw.events import CallAppNotifier, TreqPoster
+from wcsgw.rest.app import ApiResource, RestApi
+from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
+from wcsgw.rest.tls import certificate_paths, server_context
+
+log = Logger()
+
+DEFAULT_CONFIG = "etc/wcsgw.properties"
+
+
+def _option_help(name: str) -> str:
+    setting = next(s for s in config.SETTINGS if s.option == name)
+    return f"{setting.comment} (setting {setting.name}, default {setting.default_text() or 'empty'})"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "wcsgw: a SIP-to-RTMP gateway with the REST API of Flashphoner WCS's 'SIP as RTMP'. Settings come from "
+        "the embedded defaults, then the settings file, then these options."
+    )
+    optParameters = [
+        ["config", "c", None, f"settings file (default: {DEFAULT_CONFIG} when present)"],
+        ["media-ports", None, None, "FROM-TO: the RTP/RTCP port range (settings media_port_from, media_port_to, "
+                                    "default 31001-32000)"],
+    ] + [[s.option, None, None, _option_help(s.option)] for s in config.SETTINGS if s.option]
+
+    def postOptions(self) -> None:
+        file_layer: dict[str, Any] = {}
+        path = self["config"]
+        if path is None and os.path.exists(DEFAULT_CONFIG):
+            path = DEFAULT_CONFIG
+        if path is not None:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise usage.UsageError(f"--config: cannot read {path}: {exc.strerror}") from None
+            try:
+                file_layer = config.read_properties(text, path)
+            except config.ConfigError as exc:
+                raise usage.UsageError(f"--config: {exc}") from None
+        cli_layer: dict[str, Any] = {}
+        for setting in config.SETTINGS:
+            if setting.option and self[setting.option] is not None:
+                try:
+                    cli_layer[setting.name] = setting.parse(self[setting.option])
+                except ValueError as exc:
+                    raise usage.UsageError(f"--{setting.option}: {exc}") from None
+        if self["media-ports"] is not None:
+            cli_layer.update(_media_ports(self["media-ports"]))
+        try:
+            self.settings = config.build_settings(file_layer, cli_layer)
+        except config.ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+        self.config_path = path
+
+
+def _media_ports(text: str) -> dict[str, int]:
+    low, sep, high = text.partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        first = config.parse_value("media_port_from", low)
+        last = config.parse_value("media_port_to", high)
+    except (ValueError, config.ConfigError):
+        raise usage.UsageError(f"--media-ports: expected FROM-TO within 1024-65535, got {text!r}") from None
+    if first >= last:
+        raise usage.UsageError(f"--media-ports: FROM must be below TO, got {text!r}")
+    return {"media_port_from": first, "media_port_to": last}
+
+
+class GatewayService(service.MultiService):
+    """The gateway: REST listeners, the call manager and the CallApp notifier (SIP and media plug in here)."""
+
+    def __init__(self, reactor: Any, settings: config.Settings) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.settings = settings
+        state_dir = Path(settings.state_dir)
+        self.poster = TreqPoster(reactor)
+        self.notifier = CallAppNotifier(reactor, settings.callapp_url, self.poster,
+                                        retry_delays=settings.callapp_retry_delays,
+                                        queue_limit=settings.callapp_queue_limit)
+        self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(settings.ip or "127.0.0.1"),
+                                   ended_call_ttl=settings.ended_call_ttl)
+        credentials = None
+        if settings.production:
+            credentials = CredentialStore(state_dir / CREDENTIALS_FILE, reactor)
+        self.api = RestApi(self.manager, reactor, default_dtmf=settings.dtmf)
+        site = Site(ApiResource(self.api.app.resource(), reactor, credentials))
+        site.displayTracebacks = False
+        bind = settings.rest_bind_address
+        http = StreamServerEndpointService(TCP4ServerEndpoint(reactor, settings.rest_port, interface=bind), site)
+        http.setName("rest-http")
+        http.setServiceParent(self)
+        if settings.production:
+            cert_path, key_path = certificate_paths(state_dir, settings.tls_cert_file, settings.tls_key_file)
+            context = server_context(cert_path, key_path)
+            https = StreamServerEndpointService(
+                SSL4ServerEndpoint(reactor, settings.https_port, context, interface=bind), site)
+            https.setName("rest-https")
+            https.setServiceParent(self)
+
+    def startService(self) -> None:
+        log.info("wcsgw starting: profile {profile}, REST http://{address}:{port}/rest-api",
+                 profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        stopped = super().stopService()
+        self.manager.stop()
+        self.notifier.stop()
+        return DeferredList([stopped, self.poster.close()])
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    try:
+        return GatewayService(reactor, options.settings)
+    except ValueError as exc:  # an unusable certificate or key file
+        raise SystemExit(f"wcsgw: {exc}") from None
