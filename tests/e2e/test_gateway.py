@@ -84,7 +84,8 @@ class GatewayProcessTests(TestCase):
         base = f"http://127.0.0.1:{port}/rest-api"
         for n in range(3):
             code, _ = yield self.post(base + "/call/startup", {"callId": f"late-{n}", "callee": "1",
-                                                               "sipDomain": "127.0.0.1"})
+                                                               "sipDomain": "127.0.0.1", "sipLogin": "u",
+                                                               "sipPassword": "pw-Zq81x"})
             self.assertEqual(code, 200)
             code, _ = yield self.post(base + "/call/terminate", {"callId": f"late-{n}"})
             self.assertEqual(code, 200)
@@ -94,6 +95,9 @@ class GatewayProcessTests(TestCase):
             yield wait_for(lambda n=n: len(receiver.statuses(f"late-{n}")) >= 3, timeout=60,
                            what=f"events of late-{n}")
             self.assertEqual([s for s, _ in receiver.statuses(f"late-{n}")], ["NEW", "PENDING", "FINISH"])
+        self.assertIn("late-2", gateway.output)
+        self.assertNotIn("pw-Zq81x", gateway.output)
+        self.assertNotIn("pw-Zq81x", json.dumps([e for _, e in receiver.events]))
 
     @inlineCallbacks
     def test_bad_option_exits_nonzero_naming_it(self) -> None:
