@@ -1,0 +1,270 @@
+"""Tests for wcsgw.media.worker: a real thread, driven deterministically.
+
+The fake reactor is a `Clock` whose ``callFromThread`` queues the call; the test runs queued calls itself (waiting
+on the queue, never sleeping), so every callback runs on the test's thread in a known order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Any, Callable
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from wcsgw.media.worker import MediaInput, TranscodeWorker
+
+WAIT = 10.0  # seconds a test waits for the worker thread before failing
+_names = itertools.count()
+
+
+class ThreadedFakeReactor(Clock):
+    """A Clock with a callFromThread that queues calls for the test to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_thread: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        self.from_thread.put((f, args))
+
+    def run_next(self) -> None:
+        f, args = self.from_thread.get(timeout=WAIT)
+        f(*args)
+
+
+class EchoTranscoder:
+    """Returns ``[f"{data}-out"]`` (data decoded); ``b"boom"`` raises; can hold the worker on a gate."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.gate = gate
+        self.started = threading.Event()
+        self.flushed = 0
+
+    def feed(self, data: bytes, timestamp_ms: float) -> list[str]:
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(WAIT)
+        if data == b"boom":
+            raise ZeroDivisionError("boom")
+        return [f"{data.decode()}-out"]
+
+    def flush(self) -> list[str]:
+        self.flushed += 1
+        return ["flushed"]
+
+
+def worker_threads(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == name]
+
+
+class WorkerTestMixin(SynchronousTestCase):
+    def make(self, transcoder: Any, **kwargs: Any) -> tuple[TranscodeWorker[Any], ThreadedFakeReactor, list[Any]]:
+        reactor = ThreadedFakeReactor()
+        results: list[Any] = []
+        name = f"test-worker-{next(_names)}"
+        worker: TranscodeWorker[Any] = TranscodeWorker(
+            reactor, lambda: transcoder, results.append, name=name, **kwargs
+        )
+        self.addCleanup(self.ensure_stopped, worker, reactor)
+        return worker, reactor, results
+
+    def stop_and_wait(self, worker: TranscodeWorker[Any], reactor: ThreadedFakeReactor) -> None:
+        """Stop the worker and run the reactor side until the stop Deferred fires."""
+        fired: list[object] = []
+        worker.stop().addCallback(fired.append)
+        for _ in range(10_000):
+            if fired:
+                return
+            if not reactor.from_thread.empty() or not reactor.getDelayedCalls():
+                reactor.run_next()
+            else:
+                # The worker said it finished and the reactor side is polling for the thread's end.
+                for thread in worker_threads(worker.name):
+                    thread.join(WAIT)
+                reactor.advance(0.01)
+        self.fail("stop never fired")
+
+    def ensure_stopped(self, worker: TranscodeWorker[Any], reactor: ThreadedFakeReactor) -> None:
+        if worker.is_alive:
+            self.stop_and_wait(worker, reactor)
+
+
+class OrderingTests(WorkerTestMixin):
+    def test_results_in_order_then_flush(self) -> None:
+        """Results reach the callback in submission order, the flush results last."""
+        transcoder = EchoTranscoder()
+        worker, reactor, results = self.make(transcoder, max_queue=200)
+        for i in range(100):
+            self.assertTrue(worker.submit(MediaInput(f"item{i}".encode(), i * 20.0)))
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(results, [f"item{i}-out" for i in range(100)] + ["flushed"])
+        self.assertEqual(transcoder.flushed, 1)
+        self.assertEqual(worker.counters.processed, 100)
+        self.assertEqual(worker.counters.results, 101)
+        self.assertEqual(worker.counters.dropped, 0)
+
+    def test_with_audio_transcoder(self) -> None:
+        """A real AudioTranscoder in a worker delivers AAC frames in order with growing timestamps."""
+        from wcsgw.media.transcoder import AudioTranscoder
+
+        reactor = ThreadedFakeReactor()
+        results: list[Any] = []
+        name = f"test-worker-{next(_names)}"
+        worker: TranscodeWorker[Any] = TranscodeWorker(
+            reactor, lambda: AudioTranscoder("PCMU", 8000, 1), results.append, name=name, max_queue=100
+        )
+        self.addCleanup(self.ensure_stopped, worker, reactor)
+        for i in range(50):  # one second of mu-law silence
+            worker.submit(MediaInput(b"\xff" * 160, i * 20.0))
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(worker.counters.errors, 0)
+        stamps = [result.timestamp_ms for result in results]
+        self.assertEqual(stamps, sorted(stamps))
+        self.assertEqual({result.codec for result in results}, {"aac"})
+        self.assertEqual(len(results), 1 + 8000 * 44100 // 8000 // 1024 + 1)
+
+
+class BoundedQueueTests(WorkerTestMixin):
+    def test_full_queue_drops_and_counts(self) -> None:
+        """With the worker busy and max_queue items waiting, submit returns False and counts the drop."""
+        gate = threading.Event()
+        transcoder = EchoTranscoder(gate)
+        worker, reactor, results = self.make(transcoder, max_queue=3)
+        self.assertTrue(worker.submit(MediaInput(b"a0", 0.0)))
+        self.assertTrue(transcoder.started.wait(WAIT))  # the worker holds a0
+        accepted = [worker.submit(MediaInput(f"a{i}".encode(), i * 20.0)) for i in range(1, 11)]
+        self.assertEqual(accepted, [True] * 3 + [False] * 7)
+        self.assertEqual(worker.queue_depth, 3)
+        self.assertEqual(worker.counters.dropped, 7)
+        self.assertEqual(worker.counters.max_depth, 3)
+        gate.set()
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(results, ["a0-out", "a1-out", "a2-out", "a3-out", "flushed"])
+        self.assertEqual(worker.queue_depth, 0)
+
+    def test_video_drops_until_keyframe(self) -> None:
+        """A keyframe-gated worker, after a drop, refuses items until a key frame and asks for one once."""
+        gate = threading.Event()
+        transcoder = EchoTranscoder(gate)
+        asked: list[bool] = []
+        worker, reactor, results = self.make(
+            transcoder, max_queue=2, keyframe_gated=True, on_keyframe_needed=lambda: asked.append(True)
+        )
+        worker.submit(MediaInput(b"k0", 0.0, keyframe=True))
+        self.assertTrue(transcoder.started.wait(WAIT))
+        accepted = [worker.submit(MediaInput(f"p{i}".encode(), i * 33.0)) for i in (1, 2, 3)]
+        self.assertEqual(accepted, [True, True, False])
+        self.assertTrue(worker.waiting_for_keyframe)
+        self.assertEqual(asked, [True])
+        gate.set()
+        for _ in range(3):  # k0, p1, p2 delivered: the queue is empty again
+            reactor.run_next()
+        self.assertFalse(worker.submit(MediaInput(b"p4", 132.0)))
+        self.assertTrue(worker.submit(MediaInput(b"k5", 165.0, keyframe=True)))
+        self.assertTrue(worker.submit(MediaInput(b"p6", 198.0)))
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(results, ["k0-out", "p1-out", "p2-out", "k5-out", "p6-out", "flushed"])
+        self.assertEqual(worker.counters.dropped, 2)
+        self.assertEqual(asked, [True])
+
+
+class StopTests(WorkerTestMixin):
+    def test_stop_joins_thread(self) -> None:
+        """After stop's Deferred fires the worker thread is gone from threading.enumerate()."""
+        worker, reactor, _ = self.make(EchoTranscoder())
+        self.assertEqual(len(worker_threads(worker.name)), 1)
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(worker_threads(worker.name), [])
+        self.assertFalse(worker.is_alive)
+
+    def test_submit_after_stop_is_dropped(self) -> None:
+        """Items submitted after stop are refused and counted."""
+        worker, reactor, results = self.make(EchoTranscoder())
+        self.stop_and_wait(worker, reactor)
+        self.assertFalse(worker.submit(MediaInput(b"late", 0.0)))
+        self.assertEqual(worker.counters.dropped, 1)
+        self.assertEqual(results, ["flushed"])
+
+    def test_stop_twice(self) -> None:
+        """A second stop returns a Deferred that fires too, and the transcoder is flushed once."""
+        transcoder = EchoTranscoder()
+        worker, reactor, _ = self.make(transcoder)
+        second: list[object] = []
+        worker.stop().addCallback(second.append)
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(second, [None])
+        self.assertEqual(transcoder.flushed, 1)
+
+    def test_stop_timeout_fires_anyway(self) -> None:
+        """With a timeout, stop fires even if the transcoder is stuck, and logs it."""
+        gate = threading.Event()
+        transcoder = EchoTranscoder(gate)
+        worker, reactor, _ = self.make(transcoder)
+        worker.submit(MediaInput(b"stuck", 0.0))
+        self.assertTrue(transcoder.started.wait(WAIT))
+        fired: list[object] = []
+        worker.stop(timeout=5.0).addCallback(fired.append)
+        reactor.advance(5.0)
+        self.assertEqual(fired, [None])
+        self.assertTrue(worker.is_alive)
+        gate.set()
+        for thread in worker_threads(worker.name):
+            thread.join(WAIT)
+        self.assertEqual(worker_threads(worker.name), [])
+
+
+class ErrorTests(WorkerTestMixin):
+    def test_transcoder_exception_counted_thread_survives(self) -> None:
+        """An exception in feed is logged and counted; later items are still processed."""
+        worker, reactor, results = self.make(EchoTranscoder())
+        for data in (b"a", b"boom", b"b"):
+            worker.submit(MediaInput(data, 0.0))
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(results, ["a-out", "b-out", "flushed"])
+        self.assertEqual(worker.counters.errors, 1)
+        self.assertEqual(worker.counters.processed, 2)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_factory_failure(self) -> None:
+        """If the transcoder cannot be made, the error is counted, items are discarded, and stop works."""
+
+        def broken() -> EchoTranscoder:
+            raise RuntimeError("no codec")
+
+        reactor = ThreadedFakeReactor()
+        name = f"test-worker-{next(_names)}"
+        worker: TranscodeWorker[Any] = TranscodeWorker(reactor, broken, lambda result: None, name=name)
+        worker.submit(MediaInput(b"x", 0.0))
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(worker.counters.errors, 1)
+        self.assertEqual(worker.counters.discarded, 1)
+        self.assertEqual(worker_threads(name), [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_callback_exception_counted(self) -> None:
+        """A callback that raises is logged and counted; the following results are still delivered."""
+        reactor = ThreadedFakeReactor()
+        seen: list[str] = []
+
+        def callback(result: str) -> None:
+            seen.append(result)
+            if result == "a-out":
+                raise ValueError("bad consumer")
+
+        name = f"test-worker-{next(_names)}"
+        worker: TranscodeWorker[Any] = TranscodeWorker(reactor, EchoTranscoder, callback, name=name)
+        worker.submit(MediaInput(b"a", 0.0))
+        worker.submit(MediaInput(b"b", 0.0))
+        self.stop_and_wait(worker, reactor)
+        self.assertEqual(seen, ["a-out", "b-out", "flushed"])
+        self.assertEqual(worker.counters.callback_errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_bad_max_queue(self) -> None:
+        """max_queue below 1 is refused before any thread starts."""
+        with self.assertRaises(ValueError) as caught:
+            TranscodeWorker(ThreadedFakeReactor(), EchoTranscoder, print, max_queue=0)
+        self.assertEqual(str(caught.exception), "max_queue must be at least 1, not 0")

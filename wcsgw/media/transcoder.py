@@ -1,0 +1,615 @@
+"""Synchronous PyAV transcoders: RTP audio to AAC (or passthrough), VP8/H.264 to H.264.
+
+These classes know nothing about threads or the reactor: `wcsgw.media.worker` runs them in a worker thread,
+tests call them directly.  Every method is synchronous and CPU-bound.
+
+Timestamps in and out are gateway milliseconds (the FLV timeline that `wcsgw.media.clock.MediaClock` produces).
+Outputs never go backwards and never go below zero.
+
+Thread counts: every PyAV codec context here gets an explicit ``thread_count`` (1 by default).  FFmpeg's
+default (0, one thread per CPU) would give each of 100 calls its own pool of threads fighting over 2 cores, and
+frame threading in decoders adds one frame of delay per thread.  One thread per codec keeps CPU per call
+predictable; parallelism comes from running many calls at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal, Sequence, cast
+
+import av
+from av.audio.codeccontext import AudioCodecContext
+from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
+from av.codec.context import Flags, ThreadType
+from av.packet import Packet
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType, VideoFrame
+from twisted.logger import Logger
+
+__all__ = [
+    "AAC_FRAME_SIZE",
+    "AudioTranscoder",
+    "EncodedAudio",
+    "EncodedVideo",
+    "TranscoderCounters",
+    "VideoTranscoder",
+    "split_annexb",
+]
+
+log = Logger()
+
+AAC_FRAME_SIZE = 1024  # samples per AAC-LC frame
+AAC_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
+
+# SDP encoding name (lower case) -> (FFmpeg decoder, sample rate of the decoder or None for the SDP clock rate)
+_AUDIO_DECODERS: dict[str, tuple[str, int | None]] = {
+    "pcmu": ("pcm_mulaw", 8000),
+    "pcma": ("pcm_alaw", 8000),
+    "opus": ("opus", 48000),
+    "speex": ("speex", None),
+}
+# Codecs FLV carries as they are (SoundFormat 7 = G.711 A-law, 8 = G.711 mu-law, 11 = Speex) and their rate.
+_PASSTHROUGH_RATES: dict[str, int] = {"pcmu": 8000, "pcma": 8000, "speex": 16000}
+_CANONICAL_NAMES = {"pcmu": "PCMU", "pcma": "PCMA", "opus": "opus", "speex": "speex"}
+
+NAL_TYPE_IDR = 5
+NAL_TYPE_SEI = 6
+NAL_TYPE_SPS = 7
+NAL_TYPE_PPS = 8
+NAL_TYPE_AUD = 9
+ANNEXB_START_CODE = b"\x00\x00\x00\x01"
+
+_MS = Fraction(1, 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAudio:
+    """One audio frame for an FLV audio tag.
+
+    ``codec`` is ``"aac"`` (``data`` is a raw AAC-LC frame, no ADTS header) or, in passthrough, the input codec
+    (``"PCMU"``, ``"PCMA"``, ``"speex"``) with ``data`` the RTP payload unchanged.
+    """
+
+    timestamp_ms: int
+    data: bytes
+    codec: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedVideo:
+    """One H.264 access unit for an FLV video tag (dts == pts: no B-frames).
+
+    ``nal_units`` are in decode order without start codes or length prefixes; a keyframe starts with its SPS and
+    PPS (in-band, as a SIP device sends them), so the FLV side treats transcoded and passed-through H.264 alike.
+    """
+
+    timestamp_ms: int
+    nal_units: list[bytes]
+    keyframe: bool
+
+
+@dataclass(slots=True)
+class TranscoderCounters:
+    """Counters for metrics; plain ints written by the thread running the transcoder."""
+
+    frames_in: int = 0  # payloads / access units fed
+    frames_out: int = 0  # EncodedAudio / EncodedVideo produced
+    decode_errors: int = 0  # inputs the decoder rejected (dropped)
+    drops: int = 0  # inputs dropped for other reasons (late audio, video before a keyframe)
+    encode_errors: int = 0  # frames the encoder rejected (dropped)
+    gaps_filled: int = 0  # audio gaps filled with silence
+    trims: int = 0  # audio that overlapped the stream (late, or the input timeline slowed): head cut off
+    discontinuities: int = 0  # audio gaps too long to fill: the AAC timeline restarted
+    encoder_reopens: int = 0  # video encoder re-opened after a resolution change
+
+
+# --------------------------------------------------------------------------------------------------------------
+# audio
+
+
+def _layout_name(channels: int) -> str:
+    if channels == 1:
+        return "mono"
+    if channels == 2:
+        return "stereo"
+    raise ValueError(f"channels must be 1 or 2, not {channels}")
+
+
+def _silence(format_name: str, layout: str, sample_rate: int, samples: int) -> AudioFrame:
+    frame = AudioFrame(format=format_name, layout=layout, samples=samples)
+    frame.sample_rate = sample_rate
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    return frame
+
+
+def _drop_head(frame: AudioFrame, samples: int) -> AudioFrame | None:
+    """The frame without its first ``samples`` samples (None when nothing is left)."""
+    if samples >= frame.samples:
+        return None
+    fifo = av.AudioFifo()
+    fifo.write(frame)
+    fifo.read(samples)
+    return fifo.read()
+
+
+class AudioTranscoder:
+    """RTP audio payloads (G.711, Opus, Speex) to AAC-LC frames, or passed through for G.711 and Speex.
+
+    ``feed(payload, timestamp_ms)`` takes one RTP payload and the gateway time of its first sample.  Decoded
+    audio goes through a resampler to ``sample_rate`` and a FIFO that cuts full 1024-sample AAC frames.  The
+    sample stream is kept on the input timeline: a gap up to ``max_fill_ms`` (lost packets) is filled with
+    silence, a longer one ends the segment (the last frame is padded) and the next frame starts at the new
+    input time; audio that arrives behind the stream is trimmed or dropped.  So output timestamps follow the
+    input timeline and are never stretched.
+
+    Output timestamps are the encoder's pts: packet *n* decodes to the audio of input time *t(n)*; the
+    encoder's priming frame (pts 1024 samples before the first input) is clamped to the first timestamp.
+    """
+
+    def __init__(
+        self,
+        codec: str,
+        clock_rate: int,
+        channels: int = 1,
+        *,
+        output: Literal["aac", "passthrough"] = "aac",
+        sample_rate: int = 44100,
+        bitrate: int = 64000,
+        output_channels: int = 1,
+        max_fill_ms: float = 1000.0,
+        resync_threshold_ms: float = 15.0,
+        thread_count: int = 1,
+    ) -> None:
+        key = codec.lower()
+        if key not in _AUDIO_DECODERS:
+            raise ValueError(f"unsupported audio codec {codec!r}: expected PCMU, PCMA, opus or speex")
+        if output not in ("aac", "passthrough"):
+            raise ValueError(f"output must be 'aac' or 'passthrough', not {output!r}")
+        in_layout = _layout_name(channels)
+        self.codec = _CANONICAL_NAMES[key]
+        self.clock_rate = clock_rate
+        self.channels = channels
+        self.output = output
+        self.counters = TranscoderCounters()
+        self._last_out_ms = 0
+        if output == "passthrough":
+            if key not in _PASSTHROUGH_RATES:
+                raise ValueError(f"{self.codec} cannot be passed through to FLV: transcode it to AAC")
+            if clock_rate != _PASSTHROUGH_RATES[key]:
+                raise ValueError(
+                    f"FLV carries {self.codec} at {_PASSTHROUGH_RATES[key]} Hz only, not {clock_rate} Hz"
+                )
+            if channels != 1:
+                raise ValueError(f"FLV carries {self.codec} in mono only, not {channels} channels")
+            self.sample_rate = clock_rate
+            self.output_channels = 1
+            self.audio_specific_config: bytes | None = None
+            return
+
+        if sample_rate not in AAC_SAMPLE_RATES:
+            raise ValueError(f"unsupported AAC sample rate {sample_rate}")
+        if max_fill_ms < resync_threshold_ms:
+            raise ValueError("max_fill_ms must not be smaller than resync_threshold_ms")
+        self.sample_rate = sample_rate
+        self.output_channels = output_channels
+        self._out_layout = _layout_name(output_channels)
+        self._bitrate = bitrate
+        self._thread_count = thread_count
+        self._max_fill_ms = max_fill_ms
+        self._resync_ms = resync_threshold_ms
+
+        decoder_name, decoder_rate = _AUDIO_DECODERS[key]
+        self._in_rate = decoder_rate or clock_rate
+        self._decoder = cast(AudioCodecContext, av.CodecContext.create(decoder_name, "r"))
+        self._decoder.sample_rate = self._in_rate
+        self._decoder.layout = in_layout
+        self._decoder.thread_count = thread_count
+        self._decoder.open()
+        self._encoder = self._open_encoder()
+        self.audio_specific_config = bytes(self._encoder.extradata or b"")
+        self._resampler = self._new_resampler()
+        self._fifo = av.AudioFifo()
+        # The current segment: a run of samples without a discontinuity.
+        self._segment_start_ms: float | None = None  # input time of the segment's first sample
+        self._segment_in_samples = 0  # input-rate samples written to the resampler in this segment
+        self._segment_pts = 0  # encoder pts (1/sample_rate) of the segment's first sample
+        self._segment_consumed = 0  # output-rate samples taken out of the FIFO in this segment
+        self._next_pts = 0  # smallest pts the next segment may start at (no overlap with the last frame)
+        self._rebase_ms = 0.0  # added to input times after a large backwards jump
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    def feed(self, payload: bytes, timestamp_ms: float) -> list[EncodedAudio]:
+        """Take one RTP payload whose first sample is at ``timestamp_ms``; return the frames now complete."""
+        self.counters.frames_in += 1
+        if not payload:  # an empty packet would put the decoder into draining mode
+            self.counters.drops += 1
+            return []
+        if self.output == "passthrough":
+            return [self._emit(timestamp_ms, bytes(payload))]
+        try:
+            frames = self._decoder.decode(av.Packet(bytes(payload)))
+        except av.FFmpegError as exc:
+            self.counters.decode_errors += 1
+            log.debug("audio decode error ({codec}): {exc}", codec=self.codec, exc=exc)
+            return []
+        out: list[EncodedAudio] = []
+        offset_ms = 0.0
+        for frame in frames:
+            out.extend(self._accept(frame, timestamp_ms + self._rebase_ms + offset_ms))
+            offset_ms += frame.samples * 1000.0 / frame.sample_rate
+        return out
+
+    def flush(self) -> list[EncodedAudio]:
+        """Encode what is buffered (the last frame padded with silence) and drain the encoder."""
+        if self.output == "passthrough":
+            return []
+        out = self._end_segment()
+        out.extend(self._packets(self._encoder.encode(None)))
+        # The encoder cannot take frames after a flush: a later feed starts a fresh one (same extradata).
+        self._encoder = self._open_encoder()
+        return out
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _open_encoder(self) -> AudioCodecContext:
+        encoder = av.CodecContext.create("aac", "w")
+        encoder.sample_rate = self.sample_rate
+        encoder.layout = self._out_layout
+        encoder.format = "fltp"
+        encoder.bit_rate = self._bitrate
+        encoder.time_base = Fraction(1, self.sample_rate)
+        encoder.thread_count = self._thread_count
+        encoder.open()
+        return encoder
+
+    def _new_resampler(self) -> AudioResampler:
+        return AudioResampler(format="fltp", layout=self._out_layout, rate=self.sample_rate)
+
+    def _stream_end_ms(self) -> float:
+        assert self._segment_start_ms is not None
+        return self._segment_start_ms + self._segment_in_samples * 1000.0 / self._in_rate
+
+    def _accept(self, frame: AudioFrame, start_ms: float) -> list[EncodedAudio]:
+        out: list[EncodedAudio] = []
+        frame.pts = None  # the timeline is ours; PyAV's FIFO would reject pts jumps
+        if self._segment_start_ms is None:
+            self._start_segment(start_ms)
+        else:
+            delta_ms = start_ms - self._stream_end_ms()
+            if delta_ms > self._max_fill_ms:
+                self.counters.discontinuities += 1
+                out.extend(self._end_segment())
+                self._start_segment(start_ms)
+            elif delta_ms > self._resync_ms:
+                self.counters.gaps_filled += 1
+                fill = round(delta_ms * self._in_rate / 1000.0)
+                self._write(_silence(frame.format.name, frame.layout.name, self._in_rate, fill))
+            elif delta_ms < -self._max_fill_ms:
+                # A large jump backwards (a reset timeline upstream): carry on from where the stream is.
+                self._rebase_ms -= delta_ms
+                self.counters.discontinuities += 1
+            elif delta_ms < -self._resync_ms:
+                trimmed = _drop_head(frame, round(-delta_ms * self._in_rate / 1000.0))
+                if trimmed is None:
+                    self.counters.drops += 1
+                    return out
+                self.counters.trims += 1
+                frame = trimmed
+        self._write(frame)
+        out.extend(self._drain(final=False))
+        return out
+
+    def _start_segment(self, start_ms: float) -> None:
+        self._segment_start_ms = start_ms
+        self._segment_in_samples = 0
+        self._segment_consumed = 0
+        self._segment_pts = max(self._next_pts, round(start_ms * self.sample_rate / 1000.0))
+
+    def _write(self, frame: AudioFrame | None) -> None:
+        """Resample ``frame`` into the FIFO (None drains the resampler)."""
+        if frame is not None:
+            self._segment_in_samples += frame.samples
+        for resampled in self._resampler.resample(frame):
+            resampled.pts = None  # the FIFO would insist on continuous pts; the timeline is ours
+            self._fifo.write(resampled)
+
+    def _end_segment(self) -> list[EncodedAudio]:
+        if self._segment_start_ms is None:
+            return []
+        self._write(None)
+        self._resampler = self._new_resampler()
+        out = self._drain(final=True)
+        self._segment_start_ms = None
+        return out
+
+    def _drain(self, *, final: bool) -> list[EncodedAudio]:
+        out: list[EncodedAudio] = []
+        pending = self._fifo.samples
+        if final and pending % AAC_FRAME_SIZE:
+            pad = AAC_FRAME_SIZE - pending % AAC_FRAME_SIZE
+            self._fifo.write(_silence("fltp", self._out_layout, self.sample_rate, pad))
+        while self._fifo.samples >= AAC_FRAME_SIZE:
+            frame = self._fifo.read(AAC_FRAME_SIZE)
+            assert frame is not None
+            frame.pts = self._segment_pts + self._segment_consumed
+            frame.time_base = self._encoder.time_base
+            self._segment_consumed += AAC_FRAME_SIZE
+            self._next_pts = frame.pts + AAC_FRAME_SIZE
+            try:
+                packets = self._encoder.encode(frame)
+            except av.FFmpegError as exc:
+                self.counters.encode_errors += 1
+                log.warn("AAC encode error: {exc}", exc=exc)
+                continue
+            out.extend(self._packets(packets))
+        return out
+
+    def _packets(self, packets: Sequence[Packet[Any]]) -> list[EncodedAudio]:
+        out = []
+        for packet in packets:
+            pts = packet.pts if packet.pts is not None else self._next_pts
+            out.append(self._emit(pts * 1000.0 / self.sample_rate, bytes(packet)))
+        return out
+
+    def _emit(self, timestamp_ms: float, data: bytes) -> EncodedAudio:
+        timestamp = max(self._last_out_ms, round(timestamp_ms))
+        self._last_out_ms = timestamp
+        self.counters.frames_out += 1
+        codec = "aac" if self.output == "aac" else self.codec
+        return EncodedAudio(timestamp, data, codec, self.sample_rate, self.output_channels)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# video
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex-B byte stream, without start codes (and without trailing zero bytes)."""
+    units: list[bytes] = []
+    start = data.find(b"\x00\x00\x01")
+    while start >= 0:
+        begin = start + 3
+        nxt = data.find(b"\x00\x00\x01", begin)
+        end = len(data) if nxt < 0 else nxt
+        unit = data[begin:end].rstrip(b"\x00")
+        if unit:
+            units.append(unit)
+        start = nxt
+    return units
+
+
+def _is_vp8_keyframe(frame: bytes) -> bool:
+    # RFC 6386 9.1: frame tag bit 0 is 0 for a key frame, followed at byte 3 by the start code 9d 01 2a.
+    return len(frame) >= 10 and not frame[0] & 0x01 and frame[3:6] == b"\x9d\x01\x2a"
+
+
+class VideoTranscoder:
+    """VP8 frames (or H.264 access units) to H.264 with libx264.
+
+    Output: H.264 ``profile`` (baseline by default: no B-frames, no CABAC; dts == pts), tuned for zero latency
+    (one packet out per frame in), ``bitrate`` with a one-second VBV, an IDR at least every
+    ``keyframe_interval_s`` of media time and whenever `request_keyframe` was called.  Outputs are
+    `EncodedVideo` access units (NAL units without start codes); `sps`/`pps` hold the latest parameter sets.
+
+    The encoder follows the input's size: a new size re-opens it, and the next output is an IDR with the new
+    SPS/PPS.  An input the decoder rejects is dropped and counted, and the decoder then waits for the next
+    key frame (`wants_keyframe` tells the caller to ask the far end for one).
+    """
+
+    def __init__(
+        self,
+        codec: str,
+        *,
+        bitrate: int = 1_500_000,
+        keyframe_interval_s: float = 2.0,
+        thread_count: int = 1,
+        preset: str = "veryfast",
+        tune: str = "zerolatency",
+        profile: str = "baseline",
+    ) -> None:
+        key = codec.upper()
+        if key not in ("VP8", "H264"):
+            raise ValueError(f"unsupported video codec {codec!r}: expected VP8 or H264")
+        if keyframe_interval_s <= 0:
+            raise ValueError(f"keyframe_interval_s must be positive, not {keyframe_interval_s}")
+        if thread_count < 1:
+            raise ValueError(f"thread_count must be at least 1, not {thread_count}")
+        self.codec = key
+        self.counters = TranscoderCounters()
+        self._bitrate = bitrate
+        self._interval_ms = keyframe_interval_s * 1000.0
+        self._thread_count = thread_count
+        self._options = {
+            "preset": preset,
+            "tune": tune,
+            "profile": profile,
+            "forced-idr": "1",  # a forced key frame is an IDR, so a joining player can start there
+            "x264-params": "scenecut=0",  # IDRs only where we put them
+            "maxrate": str(bitrate),
+            "bufsize": str(bitrate),
+        }
+        self._decoder = av.CodecContext.create("vp8" if key == "VP8" else "h264", "r")
+        # Slice threads only: frame threads would hold back one frame per thread.
+        self._decoder.thread_type = ThreadType.SLICE
+        self._decoder.thread_count = thread_count
+        self._decoder.flags = self._decoder.flags | Flags.low_delay
+        self._decoder.open()
+        self._encoder: VideoCodecContext | None = None
+        self._size: tuple[int, int] | None = None
+        self._waiting_for_keyframe = True
+        self._keyframe_requested = False
+        self._last_keyframe_ms: float | None = None
+        self._last_pts: int | None = None
+        self._frame_delta_ms = 0.0
+        self._last_out_ms = 0
+        self.sps: bytes | None = None
+        self.pps: bytes | None = None
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    @property
+    def width(self) -> int | None:
+        return self._size[0] if self._size else None
+
+    @property
+    def height(self) -> int | None:
+        return self._size[1] if self._size else None
+
+    @property
+    def wants_keyframe(self) -> bool:
+        """True while inputs are dropped until a key frame: ask the far end for one (RTCP PLI/FIR)."""
+        return self._waiting_for_keyframe
+
+    def request_keyframe(self) -> None:
+        """Make the next output an IDR (a new RTMP destination joined).  A single flag write: safe anywhere."""
+        self._keyframe_requested = True
+
+    def feed(self, data: bytes | Sequence[bytes], timestamp_ms: float) -> list[EncodedVideo]:
+        """Take one VP8 frame, or one H.264 access unit (NAL units or Annex-B bytes); return the outputs.
+
+        Never raises for bad media: a rejected input is counted in ``counters.decode_errors`` and dropped.
+        """
+        self.counters.frames_in += 1
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+            keyframe = _is_vp8_keyframe(payload) if self.codec == "VP8" else self._h264_keyframe(
+                split_annexb(payload)
+            )
+        else:
+            units = [bytes(unit) for unit in data]
+            payload = b"".join(ANNEXB_START_CODE + unit for unit in units)
+            keyframe = self._h264_keyframe(units)
+        if not payload or (self._waiting_for_keyframe and not keyframe):
+            self.counters.drops += 1
+            return []
+        packet = av.Packet(payload)
+        packet.pts = round(timestamp_ms)
+        packet.time_base = _MS
+        try:
+            frames = self._decoder.decode(packet)
+        except av.FFmpegError as exc:
+            self.counters.decode_errors += 1
+            self._waiting_for_keyframe = True
+            log.debug("video decode error ({codec}): {exc}", codec=self.codec, exc=exc)
+            return []
+        self._waiting_for_keyframe = False
+        out: list[EncodedVideo] = []
+        for frame in frames:
+            pts = frame.pts if frame.pts is not None else round(timestamp_ms)
+            try:
+                out.extend(self._encode(frame, pts))
+            except av.FFmpegError as exc:
+                self.counters.encode_errors += 1
+                log.warn("H.264 encode error: {exc}", exc=exc)
+        return out
+
+    def flush(self) -> list[EncodedVideo]:
+        """Drain the decoder and the encoder."""
+        out: list[EncodedVideo] = []
+        try:
+            frames = self._decoder.decode(None)
+        except av.FFmpegError:
+            frames = []
+        for frame in frames:
+            if frame.pts is not None:
+                out.extend(self._encode(frame, frame.pts))
+        out.extend(self._close_encoder())
+        # Ready for more input: the decoder leaves draining mode and starts again at a key frame.
+        self._decoder.flush_buffers()
+        self._waiting_for_keyframe = True
+        self._last_pts = None
+        return out
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _h264_keyframe(self, units: list[bytes]) -> bool:
+        # An IDR, or parameter sets (devices send SPS/PPS with every intra picture).
+        return any(unit and (unit[0] & 0x1F) in (NAL_TYPE_IDR, NAL_TYPE_SPS) for unit in units)
+
+    def _open_encoder(self, width: int, height: int) -> VideoCodecContext:
+        encoder = av.CodecContext.create("libx264", "w")
+        encoder.width = width
+        encoder.height = height
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = _MS
+        encoder.framerate = Fraction(30, 1)  # nominal; rate control follows the real timestamps
+        encoder.bit_rate = self._bitrate
+        encoder.max_b_frames = 0
+        encoder.gop_size = 600  # backstop only: key frames are forced by media time below
+        encoder.thread_count = self._thread_count
+        encoder.options = dict(self._options)
+        encoder.open()
+        return encoder
+
+    def _close_encoder(self) -> list[EncodedVideo]:
+        if self._encoder is None:
+            return []
+        encoder, self._encoder = self._encoder, None
+        return self._outputs(encoder.encode(None))
+
+    def _encode(self, frame: VideoFrame, pts: int) -> list[EncodedVideo]:
+        out: list[EncodedVideo] = []
+        width, height = frame.width & ~1, frame.height & ~1  # 4:2:0 needs even sizes
+        if width == 0 or height == 0:
+            self.counters.drops += 1
+            return out
+        if (width, height) != (frame.width, frame.height) or frame.format.name != "yuv420p":
+            frame = frame.reformat(width=width, height=height, format="yuv420p")
+        if self._encoder is None or self._size != (width, height):
+            if self._encoder is not None:
+                self.counters.encoder_reopens += 1
+                log.info(
+                    "video size {old} -> {new}: re-opening the encoder", old=self._size, new=(width, height)
+                )
+                out.extend(self._close_encoder())
+            self._encoder = self._open_encoder(width, height)
+            self._size = (width, height)
+            self._last_keyframe_ms = None
+        assert self._encoder is not None
+        if self._last_pts is not None:
+            if pts <= self._last_pts:
+                pts = self._last_pts + 1  # x264 wants strictly increasing pts
+            else:
+                self._frame_delta_ms = float(pts - self._last_pts)
+        self._last_pts = pts
+        if self._keyframe_due(pts):
+            frame.pict_type = PictureType.I
+            self._keyframe_requested = False
+            self._last_keyframe_ms = pts
+        else:
+            frame.pict_type = PictureType.NONE  # decoded frames carry their own type: do not let x264 obey it
+        frame.pts = pts
+        frame.time_base = _MS
+        out.extend(self._outputs(self._encoder.encode(frame)))
+        return out
+
+    def _keyframe_due(self, pts: int) -> bool:
+        if self._keyframe_requested or self._last_keyframe_ms is None:
+            return True
+        # Force it now if waiting for the next frame would make the distance exceed the interval.
+        return pts - self._last_keyframe_ms + self._frame_delta_ms > self._interval_ms
+
+    def _outputs(self, packets: Sequence[Packet[Any]]) -> list[EncodedVideo]:
+        out = []
+        for packet in packets:
+            units = [u for u in split_annexb(bytes(packet)) if (u[0] & 0x1F) not in (NAL_TYPE_AUD, NAL_TYPE_SEI)]
+            if not units:
+                continue
+            for unit in units:
+                kind = unit[0] & 0x1F
+                if kind == NAL_TYPE_SPS:
+                    self.sps = unit
+                elif kind == NAL_TYPE_PPS:
+                    self.pps = unit
+            timestamp = max(self._last_out_ms, packet.pts if packet.pts is not None else self._last_out_ms)
+            self._last_out_ms = timestamp
+            self.counters.frames_out += 1
+            out.append(EncodedVideo(timestamp, units, bool(packet.is_keyframe)))
+        return out
+
