@@ -1,0 +1,206 @@
+"""Tests for wcsgw.rtp.protocol: the Twisted adapter over fake UDP ports and a Clock."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import FakeDatagramTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from wcsgw.rtp.packet import RtpPacket
+from wcsgw.rtp.ports import PortAllocator, PortsExhausted
+from wcsgw.rtp.protocol import MediaStreamProtocol
+from wcsgw.rtp.rtcp import RtcpBye, RtcpCompound
+from wcsgw.rtp.session import AudioFrame, MediaParams, MediaStreamSession, SessionConfig
+
+REMOTE = ("203.0.113.5", 4000)
+
+
+class FakePort(FakeDatagramTransport):
+    """A listening UDP port that records writes and whether it was closed."""
+
+    def __init__(self, port: int, interface: str) -> None:
+        super().__init__()
+        self.port = port
+        self.interface = interface
+        self.closed = False
+        self.fail_writes = False
+
+    def write(self, packet: bytes, addr: Any = None) -> None:
+        if self.fail_writes:
+            raise OSError(101, "Network is unreachable")
+        super().write(packet, addr)
+
+    def stopListening(self) -> None:
+        self.closed = True
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+
+class FakeUdpReactor(Clock):
+    """A Clock that can also 'listen' on UDP ports; ports in ``busy`` fail to bind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: dict[int, FakePort] = {}
+        self.busy: set[int] = set()
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakePort:
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        fake = FakePort(port, interface)
+        protocol.makeConnection(fake)
+        self.ports[port] = fake
+        return fake
+
+
+def params(**changes: Any) -> MediaParams:
+    base = dict(
+        kind="audio",
+        codec="PCMU",
+        payload_type=0,
+        clock_rate=8000,
+        remote_rtp_addr=REMOTE[0],
+        remote_rtp_port=REMOTE[1],
+    )
+    base.update(changes)
+    return MediaParams(**base)  # type: ignore[arg-type]
+
+
+def rtp(seq: int) -> bytes:
+    return bytes(RtpPacket(0, False, seq, seq * 160, 0x5555, payload=b"\xff" * 160))
+
+
+class AdapterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = FakeUdpReactor()
+        self.reactor.advance(1000.0)
+        self.events: list[object] = []
+        config = SessionConfig(rtp_in_buffer=False, keepalive=True, keepalive_interval=1.0)
+        self.session = MediaStreamSession(params(), config, self.reactor.seconds(), rng=random.Random(3))
+        self.media = MediaStreamProtocol(self.reactor, self.session, self.events.append)
+        self.media.listen(20000, 20001, interface="127.0.0.1")
+        self.reactor.advance(0)  # the first keep-alive is due at once
+        self.rtp_port, self.rtcp_port = self.reactor.ports[20000], self.reactor.ports[20001]
+
+    def test_listen(self) -> None:
+        """Both sockets are bound on the interface; the first keep-alive leaves from the RTP socket."""
+        self.assertEqual((self.media.rtp_port, self.media.rtcp_port), (20000, 20001))
+        self.assertEqual(self.rtp_port.interface, "127.0.0.1")
+        self.assertEqual([addr for _, addr in self.rtp_port.written], [REMOTE])
+
+    def test_datagram_to_event(self) -> None:
+        """A datagram on the RTP socket reaches the session with the reactor's time; its frame reaches the
+        callback."""
+        self.media.rtp_protocol.datagramReceived(rtp(1), REMOTE)
+        self.assertEqual(self.events, [AudioFrame(160, b"\xff" * 160, 0)])
+        self.assertEqual(self.session.stats[0x5555].last_arrival, 1000.0)
+
+    def test_one_timer(self) -> None:
+        """Exactly one DelayedCall is armed, at the session's next deadline, and it drives the session."""
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.assertEqual(self.reactor.getDelayedCalls()[0].getTime(), self.session.get_timer())
+        for i in range(5):
+            self.media.rtp_protocol.datagramReceived(rtp(i), REMOTE)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.rtp_port.written), 2)  # the second keep-alive
+        self.reactor.advance(10.0)
+        self.assertTrue(self.rtcp_port.written)  # receiver reports on the RTCP socket
+        self.assertEqual({addr for _, addr in self.rtcp_port.written}, {(REMOTE[0], REMOTE[1] + 1)})
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+
+    def test_never_raises(self) -> None:
+        """Errors in the session or in the event callback are logged and counted, not raised."""
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("boom")
+
+        self.session.receive_rtp = broken  # type: ignore[method-assign]
+        self.media.rtp_protocol.datagramReceived(rtp(1), REMOTE)
+        self.assertEqual(self.media.errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.media.on_event = broken
+        self.media.rtcp_protocol.datagramReceived(b"\x80\xc9\x00\x01\x00\x00\x55\x55", (REMOTE[0], 4001))
+        self.session.request_keyframe(0)  # nothing for audio
+        self.media.rtcp_protocol.datagramReceived(b"garbage", (REMOTE[0], 4001))
+        self.assertEqual(self.session.counters.rtcp_malformed, 1)
+
+    def test_callback_errors_counted(self) -> None:
+        """An exception in the event callback is counted and the next events still flow."""
+        calls = []
+
+        def flaky(event: object) -> None:
+            calls.append(event)
+            if len(calls) == 1:
+                raise ValueError("first one fails")
+
+        self.media.on_event = flaky
+        self.media.rtp_protocol.datagramReceived(rtp(1), REMOTE)
+        self.media.rtp_protocol.datagramReceived(rtp(2), REMOTE)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(self.media.errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_send_errors(self) -> None:
+        """A failing sendto is counted, not raised."""
+        self.rtp_port.fail_writes = True
+        self.reactor.advance(1.0)
+        self.assertEqual(self.media.send_errors, 1)
+
+    def test_stop(self) -> None:
+        """stop says BYE, closes both sockets and cancels the timer; later datagrams are ignored."""
+        d = self.media.stop()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertTrue(self.rtp_port.closed and self.rtcp_port.closed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        bye = RtcpCompound.parse(self.rtcp_port.written[-1][0]).packets[-1]
+        self.assertEqual(bye, RtcpBye([self.session.ssrc]))
+        self.media.rtp_protocol.datagramReceived(rtp(1), REMOTE)
+        self.assertEqual(self.events, [])
+        self.successResultOf(self.media.stop())
+
+    def test_commands(self) -> None:
+        """send_dtmf, set_hold and update_params go through to the session and re-arm the timer."""
+        session = MediaStreamSession(params(telephone_event_pt=101), SessionConfig(), 1000.0)
+        media = MediaStreamProtocol(self.reactor, session, self.events.append)
+        media.listen(20010, None)
+        media.send_dtmf("5")
+        self.assertEqual(session.counters.dtmf_packets_sent, 1)
+        self.reactor.advance(0.02)
+        self.assertEqual(session.counters.dtmf_packets_sent, 2)
+        media.set_hold(True)
+        self.assertTrue(session.on_hold)
+        media.update_params(params(telephone_event_pt=101, remote_rtp_port=4100))
+        self.assertEqual(session.params.remote_rtp_port, 4100)
+        media.request_keyframe()
+        self.assertIsNone(media.rtcp_port)
+        self.assertEqual(len([c for c in self.reactor.getDelayedCalls() if c.func == media._on_timer]), 1)
+
+
+class BindTests(SynchronousTestCase):
+    def test_rtcp_bind_failure_releases_rtp(self) -> None:
+        """If the RTCP port cannot be bound, the RTP port is closed again and the error raised."""
+        reactor = FakeUdpReactor()
+        reactor.busy.add(20001)
+        media = MediaStreamProtocol(reactor, MediaStreamSession(params(), SessionConfig(), 0.0), lambda e: None)
+        self.assertRaises(CannotListenError, media.listen, 20000, 20001)
+        self.assertTrue(reactor.ports[20000].closed)
+
+    def test_allocated_skips_busy(self) -> None:
+        """listen_allocated skips a pair that fails to bind and uses the next; with none left, PortsExhausted."""
+        reactor = FakeUdpReactor()
+        reactor.busy.add(20000)
+        allocator = PortAllocator(20000, 20003, reactor)
+        media = MediaStreamProtocol(reactor, MediaStreamSession(params(), SessionConfig(), 0.0), lambda e: None)
+        self.assertEqual(media.listen_allocated(allocator, "127.0.0.1"), (20002, 20003))
+        other = MediaStreamProtocol(reactor, MediaStreamSession(params(), SessionConfig(), 0.0), lambda e: None)
+        self.assertRaises(PortsExhausted, other.listen_allocated, allocator)

@@ -1,0 +1,201 @@
+"""The Twisted adapter of a ``MediaStreamSession``: UDP sockets in and out, one timer, events to a callback.
+
+It only moves datagrams: each socket's ``datagramReceived`` feeds the session with ``reactor.seconds()``, then the
+adapter sends what the session wants sent, hands its events to ``on_event`` and re-arms its single
+``DelayedCall`` from ``session.get_timer()``. Nothing raised by the session or the callback escapes into the
+reactor: it is logged and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from .params import MediaEvent, MediaParams
+from .ports import PortAllocator
+from .session import MediaStreamSession
+
+log = Logger()
+
+RTP = "rtp"
+RTCP = "rtcp"
+
+
+class MediaSocketProtocol(DatagramProtocol):
+    """One UDP socket (RTP or RTCP) of a ``MediaStreamProtocol``."""
+
+    def __init__(self, owner: MediaStreamProtocol, channel: str) -> None:
+        self.owner = owner
+        self.channel = channel
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            self.owner.datagram_received(self.channel, datagram, (addr[0], addr[1]))
+        except Exception:
+            self.owner.errors += 1
+            log.failure("media {channel} datagram from {addr} failed", channel=self.channel, addr=addr)
+
+
+class MediaStreamProtocol:
+    """Runs one ``MediaStreamSession`` on an RTP socket and (without rtcp-mux) an RTCP socket."""
+
+    def __init__(
+        self,
+        reactor: Any,  # IReactorTime and IReactorUDP
+        session: MediaStreamSession,
+        on_event: Callable[[MediaEvent], None],
+    ) -> None:
+        self.reactor = reactor
+        self.session = session
+        self.on_event = on_event
+        self.errors = 0
+        self.send_errors = 0
+        self.rtp_protocol = MediaSocketProtocol(self, RTP)
+        self.rtcp_protocol = MediaSocketProtocol(self, RTCP)
+        # IListeningPort per channel, and the one IDelayedCall (typed Any: no zope plugin for mypy here)
+        self._ports: dict[str, Any] = {}
+        self._timer: Any = None
+        self._stopped = False
+
+    # --- sockets ----------------------------------------------------------------------------------------------
+
+    def listen(self, rtp_port: int, rtcp_port: int | None, interface: str = "") -> None:
+        """Bind the RTP socket and, unless ``rtcp_port`` is None, the RTCP one; ``CannotListenError`` leaves
+        nothing bound."""
+        rtp = self.reactor.listenUDP(rtp_port, self.rtp_protocol, interface=interface)
+        if rtcp_port is not None:
+            try:
+                rtcp = self.reactor.listenUDP(rtcp_port, self.rtcp_protocol, interface=interface)
+            except CannotListenError:
+                rtp.stopListening()
+                raise
+            self._ports[RTCP] = rtcp
+        self._ports[RTP] = rtp
+        self._service()
+
+    def listen_allocated(self, allocator: PortAllocator, interface: str = "", rtcp: bool = True) -> tuple[int, int]:
+        """Bind a pair from ``allocator``, skipping pairs that fail to bind; raise ``PortsExhausted`` if none
+        is left. Return the (RTP, RTCP) ports."""
+        while True:
+            rtp_port, rtcp_port = allocator.allocate()
+            try:
+                self.listen(rtp_port, rtcp_port if rtcp else None, interface)
+            except CannotListenError:
+                log.warn("media ports {rtp}/{rtcp} are busy, skipped", rtp=rtp_port, rtcp=rtcp_port)
+                allocator.bind_failed(rtp_port)
+                continue
+            return rtp_port, rtcp_port
+
+    @property
+    def rtp_port(self) -> int | None:
+        port = self._ports.get(RTP)
+        return port.getHost().port if port is not None else None
+
+    @property
+    def rtcp_port(self) -> int | None:
+        port = self._ports.get(RTCP)
+        return port.getHost().port if port is not None else None
+
+    def stop(self) -> Deferred[None]:
+        """Say RTCP BYE, close both sockets and cancel the timer."""
+        if self._stopped:
+            return succeed(None)
+        try:
+            self.session.close(self.reactor.seconds())
+            self._flush()
+        except Exception:
+            self.errors += 1
+            log.failure("media session close failed")
+        self._stopped = True
+        self._cancel_timer()
+        ports, self._ports = list(self._ports.values()), {}
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports]).addCallback(lambda _: None)
+
+    # --- commands from the call manager ------------------------------------------------------------------------
+
+    def request_keyframe(self) -> None:
+        self.session.request_keyframe(self.reactor.seconds())
+        self._service()
+
+    def send_dtmf(self, digit: str, duration_ms: int | None = None) -> None:
+        """Queue a digit (``ValueError`` if it cannot be sent)."""
+        self.session.send_dtmf(digit, self.reactor.seconds(), duration_ms)
+        self._service()
+
+    def update_params(self, params: MediaParams) -> None:
+        self.session.update_params(params, self.reactor.seconds())
+        self._service()
+
+    def set_hold(self, on_hold: bool) -> None:
+        self.session.set_hold(on_hold, self.reactor.seconds())
+        self._service()
+
+    # --- plumbing ---------------------------------------------------------------------------------------------
+
+    def datagram_received(self, channel: str, data: bytes, addr: tuple[str, int]) -> None:
+        if self._stopped:
+            return
+        now = self.reactor.seconds()
+        if channel == RTP:
+            self.session.receive_rtp(data, addr, now)
+        else:
+            self.session.receive_rtcp(data, addr, now)
+        self._service()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        try:
+            self.session.handle_timer(self.reactor.seconds())
+        except Exception:
+            self.errors += 1
+            log.failure("media session timer failed")
+        self._service()
+
+    def _service(self) -> None:
+        if self._stopped:
+            return
+        self._flush()
+        self._arm_timer()
+
+    def _flush(self) -> None:
+        for data, addr, channel in self.session.datagrams_to_send():
+            protocol = self.rtcp_protocol if channel == RTCP and RTCP in self._ports else self.rtp_protocol
+            transport: Any = protocol.transport
+            if transport is None:
+                continue
+            try:
+                transport.write(data, addr)
+            except Exception as exc:  # OSError from sendto (unreachable network, ...) must not stop the call
+                self.send_errors += 1
+                log.debug("media send to {addr} failed: {error}", addr=addr, error=exc)
+        for event in self.session.events():
+            try:
+                self.on_event(event)
+            except Exception:
+                self.errors += 1
+                log.failure("media event handler failed for {event!r}", event=event)
+
+    def _arm_timer(self) -> None:
+        when = self.session.get_timer()
+        if when is None:
+            self._cancel_timer()
+            return
+        delay = max(0.0, when - self.reactor.seconds())
+        if self._timer is not None and self._timer.active():
+            if abs(self._timer.getTime() - (self.reactor.seconds() + delay)) < 1e-6:
+                return
+            self._timer.reset(delay)
+            return
+        self._timer = self.reactor.callLater(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None

@@ -1,0 +1,659 @@
+"""The sans-I/O receiver of one media line (audio or video) of an established call.
+
+Datagrams go in with ``receive_rtp`` / ``receive_rtcp`` and the time; frames and notices come out of ``events()``
+and datagrams to send out of ``datagrams_to_send()``; ``get_timer()`` says when ``handle_timer`` is due next.
+
+Per RTP datagram: RTCP demultiplexing (RFC 5761), source check and symmetric-RTP latching, SRTP unprotect, parse,
+payload type filter, statistics, jitter buffer, then depacketizer (H.264, VP8) or audio frames and RFC 4733 digits.
+On timers: receiver reports (RFC 3550 interval, with SDES CNAME), keyframe requests (PLI, FIR when offered, rate
+limited and repeated until a keyframe arrives), keep-alive silence, DTMF packets at their pace, inactivity.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from twisted.logger import Logger
+
+from . import dtmf
+from .h264 import AccessUnit, H264Depacketizer
+from .jitterbuffer import JitterBuffer, Released
+from .latch import SourceLatch
+from .packet import RtpPacket, TimestampUnwrapper, is_rtcp
+from .params import (
+    AUDIO,
+    SENDRECV,
+    VIDEO,
+    Address,
+    AudioFrame,
+    ByeReceived,
+    DtmfReceived,
+    KeyframeNeeded,
+    MediaEvent,
+    MediaParams,
+    RtpInactivity,
+    SenderReportReceived,
+    SessionConfig,
+    SessionCounters,
+    StreamRestarted,
+    silence_payload,
+)
+from .rtcp import (
+    SDES_CNAME,
+    ReportBlock,
+    RtcpBye,
+    RtcpCompound,
+    RtcpFir,
+    RtcpNack,
+    RtcpPacket,
+    RtcpPli,
+    RtcpReceiverReport,
+    RtcpSenderReport,
+    RtcpSourceDescription,
+    SdesChunk,
+    ntp_from_seconds,
+    ntp_middle,
+    rtcp_report_interval,
+)
+from .srtp import SrtpContext
+from .stats import ReceiverStats
+from .vp8 import Vp8Depacketizer, Vp8Frame
+
+__all__ = [
+    "AccessUnit",
+    "AudioFrame",
+    "ByeReceived",
+    "DtmfReceived",
+    "KeyframeNeeded",
+    "MediaEvent",
+    "MediaParams",
+    "MediaStreamSession",
+    "RtpInactivity",
+    "SenderReportReceived",
+    "SessionConfig",
+    "SessionCounters",
+    "StreamRestarted",
+    "Vp8Frame",
+]
+
+log = Logger()
+
+COMFORT_NOISE_PT = 13
+_MAX_STATS = 8
+
+
+class MediaStreamSession:
+    """Receives one media line; see the module docstring."""
+
+    def __init__(
+        self, params: MediaParams, config: SessionConfig, now: float, rng: random.Random | None = None
+    ) -> None:
+        params.validate()
+        self.config = config
+        self.counters = SessionCounters()
+        self._rng = rng or random.Random()
+        self.params = params
+        self._events: list[MediaEvent] = []
+        self._outgoing: list[tuple[bytes, Address, str]] = []
+        self._stats: dict[int, ReceiverStats] = {}
+        self.round_trip_time: float | None = None
+        self.on_hold = False
+        self.closed = False
+        # our outgoing stream (keep-alive, DTMF, RTCP)
+        self.ssrc = self._rng.getrandbits(32)
+        self._tx_sequence = self._rng.getrandbits(16)
+        self._tx_timestamp_base = self._rng.getrandbits(32)
+        self._tx_start = now
+        self._tx_packets = 0
+        self._tx_octets = 0
+        self._sent_since_report = False
+        # RTCP
+        self._rtcp_size = 100.0
+        self._next_rtcp = now + self._rtcp_interval(initial=True)
+        # keyframe requests
+        self._kf_needed = False
+        self._kf_fresh = False
+        self._kf_reason = ""
+        self._kf_attempts = 0
+        self._kf_last: float | None = None
+        self._fir_sequence = 0
+        self._frames_seen = False
+        # DTMF out
+        self._dtmf_digits: deque[tuple[str, int | None]] = deque()
+        self._dtmf_due: deque[tuple[float, dtmf.ScheduledEventPacket]] = deque()
+        self._dtmf_timestamp = 0
+        self._dtmf_next_start = now
+        self._dtmf_last_end: int | None = None
+        # activity
+        self._last_rtp = now
+        self._inactivity_reported = False
+        self._next_keepalive = now
+        self._apply_params(params, now, first=True)
+
+    # --- configuration ----------------------------------------------------------------------------------------
+
+    def _apply_params(self, params: MediaParams, now: float, first: bool = False) -> None:
+        old = self.params
+        self.params = params
+        if first or params.remote_rtp != old.remote_rtp:
+            self._rtp_latch = SourceLatch(params.remote_rtp)
+        if first or params.remote_rtcp != old.remote_rtcp:
+            self._rtcp_latch = SourceLatch(params.remote_rtcp)
+        if first or (params.local_crypto, params.remote_crypto) != (old.local_crypto, old.remote_crypto):
+            self._srtp = (
+                SrtpContext(params.local_crypto, params.remote_crypto)
+                if params.local_crypto is not None and params.remote_crypto is not None
+                else None
+            )
+        media_changed = (params.kind, params.codec.upper(), params.payload_type, params.clock_rate) != (
+            old.kind,
+            old.codec.upper(),
+            old.payload_type,
+            old.clock_rate,
+        )
+        if first or media_changed:
+            self._buffer = JitterBuffer(
+                params.clock_rate,
+                depth_ms=self.config.jitter_buffer_ms,
+                enabled=self.config.rtp_in_buffer,
+                max_packets=self.config.jitter_buffer_max_packets,
+            )
+            self._depacketizer: H264Depacketizer | Vp8Depacketizer | None = None
+            if params.kind == VIDEO and params.codec.upper() == "H264":
+                sprop = params.fmtp.get("sprop-parameter-sets")
+                try:
+                    self._depacketizer = H264Depacketizer(sprop, self.config.drop_until_keyframe)
+                except ValueError as exc:
+                    log.warn("ignoring sprop-parameter-sets {sprop!r}: {error}", sprop=sprop, error=exc)
+                    self._depacketizer = H264Depacketizer(None, self.config.drop_until_keyframe)
+            elif params.kind == VIDEO:
+                self._depacketizer = Vp8Depacketizer(drop_until_keyframe=self.config.drop_until_keyframe)
+            self._unwrapper = TimestampUnwrapper()
+            self._frames_seen = False
+            self._video_started = False
+            self._broken_seen = 0
+        self._silence = (
+            silence_payload(params.codec, params.clock_rate, params.channels) if params.kind == AUDIO else None
+        )
+        self._accepted_types = {params.payload_type}
+        if params.telephone_event_pt is not None:
+            self._accepted_types.add(params.telephone_event_pt)
+        self._accepted_types.add(params.comfort_noise_pt if params.comfort_noise_pt is not None else COMFORT_NOISE_PT)
+        self._last_rtp = now
+        self._inactivity_reported = False
+
+    def update_params(self, params: MediaParams, now: float) -> None:
+        """New negotiated parameters (re-INVITE): addresses re-latch, keys and codec reset what depends on them."""
+        params.validate()
+        self._apply_params(params, now)
+
+    def set_hold(self, on_hold: bool, now: float) -> None:
+        """The call is on hold (or resumed): inactivity detection is suspended meanwhile."""
+        if self.on_hold and not on_hold:
+            self._last_rtp = now
+            self._inactivity_reported = False
+        self.on_hold = on_hold
+
+    @property
+    def stats(self) -> dict[int, ReceiverStats]:
+        """Receive statistics per SSRC."""
+        return dict(self._stats)
+
+    @property
+    def jitter_buffer(self) -> JitterBuffer:
+        return self._buffer
+
+    @property
+    def depacketizer(self) -> H264Depacketizer | Vp8Depacketizer | None:
+        return self._depacketizer
+
+    @property
+    def latched_rtp_address(self) -> Address | None:
+        return self._rtp_latch.latched
+
+    @property
+    def srtp(self) -> SrtpContext | None:
+        return self._srtp
+
+    # --- outputs ----------------------------------------------------------------------------------------------
+
+    def events(self) -> list[MediaEvent]:
+        """Events since the last call, oldest first."""
+        out, self._events = self._events, []
+        return out
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address, str]]:
+        """``(data, address, "rtp" | "rtcp")``: the socket to send from is named (RTCP goes on "rtp" with mux)."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def get_timer(self) -> float | None:
+        if self.closed:
+            return None
+        candidates = [self._next_rtcp]
+        deadline = self._buffer.next_deadline()
+        if deadline is not None:
+            candidates.append(deadline)
+        if self._kf_needed and self._buffer.ssrc is not None:
+            candidates.append(self._keyframe_due())
+        if self._keepalive_active():
+            candidates.append(self._next_keepalive)
+        if self._dtmf_due:
+            candidates.append(self._dtmf_due[0][0])
+        elif self._dtmf_digits:
+            candidates.append(self._dtmf_next_start)
+        if self._inactivity_watched():
+            assert self.config.rtp_activity_timeout is not None
+            candidates.append(self._last_rtp + self.config.rtp_activity_timeout)
+        return min(candidates)
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        self._dispatch(self._buffer.poll(now), now)
+        self._pump_dtmf(now)
+        if self._keepalive_active() and now >= self._next_keepalive:
+            self._send_keepalive(now)
+        if self._kf_needed:
+            self._service_keyframe(now)
+        if now >= self._next_rtcp:
+            self._send_report(now, [])
+            self._next_rtcp = now + self._rtcp_interval(initial=False)
+        if self._inactivity_watched():
+            assert self.config.rtp_activity_timeout is not None
+            if now >= self._last_rtp + self.config.rtp_activity_timeout:
+                self._inactivity_reported = True
+                self._events.append(RtpInactivity(now - self._last_rtp))
+
+    def close(self, now: float) -> None:
+        """Say BYE and stop: timers end, later datagrams are ignored."""
+        if self.closed:
+            return
+        self._send_report(now, [RtcpBye([self.ssrc])])
+        self.closed = True
+
+    # --- receiving RTP ----------------------------------------------------------------------------------------
+
+    def receive_rtp(self, data: bytes, addr: Address, now: float) -> None:
+        """A datagram from the RTP socket (RTCP too with rtcp-mux)."""
+        if self.closed:
+            return
+        if is_rtcp(data):
+            self.receive_rtcp(data, addr, now)
+            return
+        counters = self.counters
+        counters.rtp_datagrams += 1
+        addr = (addr[0], addr[1])
+        if not self._rtp_latch.accepts(addr):
+            counters.dropped_unexpected_source += 1
+            log.debug("RTP from unexpected source {addr} dropped", addr=addr)
+            return
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect(data)
+            except ValueError as exc:
+                counters.dropped_srtp += 1
+                log.debug("SRTP packet from {addr} dropped: {error}", addr=addr, error=exc)
+                return
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError as exc:
+            counters.dropped_malformed += 1
+            log.debug("malformed RTP from {addr} dropped: {error}", addr=addr, error=exc)
+            return
+        if packet.payload_type not in self._accepted_types:
+            counters.dropped_payload_type += 1
+            return
+        if not self.params.receives:
+            counters.dropped_not_receiving += 1
+            return
+        self._rtp_latch.confirm(addr)
+        counters.rtp_accepted += 1
+        self._last_rtp = now
+        self._inactivity_reported = False
+        self._stats_for(packet.ssrc).on_packet(packet, now)
+
+        if (
+            packet.payload_type == self.params.telephone_event_pt
+            and self._buffer.ssrc is not None
+            and packet.ssrc != self._buffer.ssrc
+        ):
+            # digits on their own SSRC: keep them out of the media stream's buffer
+            self._receive_telephone_event(packet)
+            return
+        buffer = self._buffer
+        late, duplicates, out_of_range = buffer.late, buffer.duplicates, buffer.out_of_range
+        released = buffer.push(packet, now)
+        if buffer.late > late:
+            counters.dropped_late += buffer.late - late
+            self._stats_for(packet.ssrc).count_late(buffer.late - late)
+        counters.dropped_duplicate += buffer.duplicates - duplicates
+        counters.dropped_out_of_range += buffer.out_of_range - out_of_range
+        self._dispatch(released, now)
+        if self.params.kind == VIDEO and not self._video_started:
+            self._video_started = True
+            self.request_keyframe(now, "start")
+
+    def _check_broken(self, now: float) -> None:
+        """Ask for a keyframe when loss broke a frame (or the depacketizer waits for one)."""
+        depacketizer = self._depacketizer
+        if depacketizer is None:
+            return
+        broken = depacketizer.dropped_broken
+        if (broken > self._broken_seen or depacketizer.keyframe_needed) and not self._kf_needed:
+            self.request_keyframe(now, "loss" if self._frames_seen else "start")
+        self._broken_seen = broken
+
+    def _stats_for(self, ssrc: int) -> ReceiverStats:
+        stats = self._stats.pop(ssrc, None)
+        if stats is None:
+            stats = ReceiverStats(ssrc, self.params.clock_rate)
+            if len(self._stats) >= _MAX_STATS:
+                del self._stats[next(iter(self._stats))]
+        self._stats[ssrc] = stats  # most recently used last
+        return stats
+
+    def _dispatch(self, released: list[Released], now: float) -> None:
+        params = self.params
+        for item in released:
+            packet = item.packet
+            if item.reset:
+                self._unwrapper.reset()
+                if self._depacketizer is not None:
+                    self._depacketizer.reset()
+                self._events.append(StreamRestarted(packet.ssrc))
+            if item.lost_before and self._depacketizer is not None:
+                self._depacketizer.lost(item.lost_before)
+            if packet.payload_type == params.telephone_event_pt:
+                self._receive_telephone_event(packet)
+            elif packet.payload_type != params.payload_type:
+                self.counters.comfort_noise += 1
+            elif self._depacketizer is not None:
+                errors = self._depacketizer.errors
+                frames: list[AccessUnit] | list[Vp8Frame] = self._depacketizer.push(packet)
+                if self._depacketizer.errors > errors:
+                    self.counters.depacketizer_errors += self._depacketizer.errors - errors
+                    log.debug("video payload error: {error}", error=self._depacketizer.last_error)
+                for frame in frames:
+                    self._frames_seen = True
+                    frame.timestamp = self._unwrapper.unwrap(frame.timestamp)
+                    if frame.keyframe:
+                        self._kf_needed = False
+                        self._kf_attempts = 0
+                    self.counters.frames += 1
+                    self._events.append(frame)
+            elif packet.payload:
+                self.counters.frames += 1
+                self._events.append(
+                    AudioFrame(self._unwrapper.unwrap(packet.timestamp), packet.payload, packet.payload_type)
+                )
+            else:
+                self.counters.dropped_empty += 1
+        if released and self._video_started:
+            self._check_broken(now)
+
+    def _receive_telephone_event(self, packet: RtpPacket) -> None:
+        try:
+            event = dtmf.TelephoneEvent.parse(packet.payload)
+        except ValueError:
+            self.counters.dropped_malformed += 1
+            return
+        if not event.end or self._dtmf_last_end == packet.timestamp:
+            return
+        self._dtmf_last_end = packet.timestamp
+        if event.event < len(dtmf.DTMF_DIGITS):
+            duration_ms = event.duration * 1000 // self.params.telephone_event_clock_rate
+            self._events.append(DtmfReceived(dtmf.event_to_digit(event.event), duration_ms))
+
+    # --- receiving RTCP ---------------------------------------------------------------------------------------
+
+    def receive_rtcp(self, data: bytes, addr: Address, now: float) -> None:
+        """A datagram from the RTCP socket."""
+        if self.closed:
+            return
+        counters = self.counters
+        counters.rtcp_datagrams += 1
+        addr = (addr[0], addr[1])
+        latch = self._rtp_latch if self.params.rtcp_mux else self._rtcp_latch
+        rtp_host = self._rtp_latch.latched[0] if self._rtp_latch.latched else None
+        if not latch.accepts(addr) and addr[0] != rtp_host:
+            counters.rtcp_dropped_unexpected_source += 1
+            return
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect_rtcp(data)
+            except ValueError as exc:
+                counters.rtcp_dropped_srtp += 1
+                log.debug("SRTCP packet from {addr} dropped: {error}", addr=addr, error=exc)
+                return
+        try:
+            compound = RtcpCompound.parse(data)
+        except ValueError as exc:
+            counters.rtcp_malformed += 1
+            log.debug("malformed RTCP from {addr} dropped: {error}", addr=addr, error=exc)
+            return
+        if not self.params.rtcp_mux:
+            self._rtcp_latch.confirm(addr)
+        counters.rtcp_accepted += 1
+        counters.rtcp_unknown += compound.skipped
+        for packet in compound.packets:
+            self._handle_rtcp(packet, now)
+
+    def _handle_rtcp(self, packet: RtcpPacket, now: float) -> None:
+        if isinstance(packet, RtcpSenderReport):
+            info = self._stats_for(packet.ssrc).on_sender_report(packet, now)
+            self._events.append(SenderReportReceived(info, self._unwrapper.peek(packet.rtp_timestamp)))
+            self._note_round_trip(packet.reports, now)
+        elif isinstance(packet, RtcpReceiverReport):
+            self._note_round_trip(packet.reports, now)
+        elif isinstance(packet, RtcpBye):
+            for source in packet.sources:
+                self._events.append(ByeReceived(source, packet.reason))
+        elif isinstance(packet, (RtcpPli, RtcpFir, RtcpNack)):
+            self.counters.feedback_received += 1
+
+    def _note_round_trip(self, reports: list[ReportBlock], now: float) -> None:
+        for block in reports:
+            if block.ssrc == self.ssrc and block.lsr:
+                arrival = ntp_middle(ntp_from_seconds(now))
+                rtt = ((arrival - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536.0
+                if rtt < 60:
+                    self.round_trip_time = rtt
+
+    # --- keyframe requests ------------------------------------------------------------------------------------
+
+    def request_keyframe(self, now: float, reason: str = "requested") -> None:
+        """Ask the far end for a keyframe (video only); repeated until one arrives, rate limited."""
+        if self.params.kind != VIDEO or self.closed:
+            return
+        if not self._kf_needed:
+            self._kf_needed = True
+            self._kf_attempts = 0
+            self._kf_reason = reason
+        self._kf_fresh = True
+        self._service_keyframe(now)
+
+    def _keyframe_due(self) -> float:
+        if self._kf_last is None:
+            return self._tx_start
+        interval = (
+            self.config.keyframe_request_min_interval if self._kf_fresh else self.config.keyframe_request_retry_interval
+        )
+        return self._kf_last + interval
+
+    def _service_keyframe(self, now: float) -> None:
+        media_ssrc = self._buffer.ssrc
+        if not self._kf_needed or media_ssrc is None or now < self._keyframe_due():
+            return
+        params = self.params
+        feedback: list[RtcpPacket] = [RtcpPli(self.ssrc, media_ssrc)]
+        self.counters.pli_sent += 1
+        if params.remote_fir:
+            self._fir_sequence = (self._fir_sequence + 1) % 256
+            feedback.append(RtcpFir(self.ssrc, [(media_ssrc, self._fir_sequence)]))
+            self.counters.fir_sent += 1
+        sent = self._send_report(now, feedback)
+        sip_info = (
+            not (params.remote_pli or params.remote_fir)
+            or not sent
+            or self._kf_attempts >= self.config.keyframe_sip_info_after
+        )
+        self._events.append(KeyframeNeeded(self._kf_reason, self._kf_attempts, sip_info))
+        self.counters.keyframe_requests += 1
+        self._kf_attempts += 1
+        self._kf_last = now
+        self._kf_fresh = False
+
+    # --- sending ----------------------------------------------------------------------------------------------
+
+    def _rtcp_interval(self, initial: bool) -> float:
+        # 5 % of the session bandwidth for RTCP; audio 64 kbit/s, video 1 Mbit/s are good enough estimates
+        bandwidth = (8000.0 if self.params.kind == AUDIO else 125000.0) * 0.05
+        return rtcp_report_interval(
+            members=2,
+            senders=2 if self._sent_since_report else 1,
+            rtcp_bandwidth=bandwidth,
+            we_sent=self._sent_since_report,
+            average_rtcp_size=self._rtcp_size,
+            initial=initial,
+            random_value=self._rng.random(),
+            minimum=self.config.rtcp_min_interval,
+        )
+
+    def _send_report(self, now: float, extra: list[RtcpPacket]) -> bool:
+        """Send SR or RR + SDES (+ ``extra``); False if there is nowhere to send it."""
+        destination = self._rtcp_destination()
+        blocks: list[ReportBlock] = []
+        for stats in self._stats.values():
+            if stats.received_since_report and len(blocks) < 31:
+                blocks.append(stats.report_block(now))
+        if self._sent_since_report:
+            report: RtcpPacket = RtcpSenderReport(
+                self.ssrc,
+                ntp_from_seconds(now),
+                self._tx_rtp_timestamp(now, self.params.clock_rate),
+                self._tx_packets & 0xFFFFFFFF,
+                self._tx_octets & 0xFFFFFFFF,
+                blocks,
+            )
+        else:
+            report = RtcpReceiverReport(self.ssrc, blocks)
+        self._sent_since_report = False
+        sdes = RtcpSourceDescription([SdesChunk(self.ssrc, [(SDES_CNAME, self.config.cname.encode()[:255])])])
+        data = bytes(RtcpCompound([report, sdes, *extra]))
+        self._rtcp_size = self._rtcp_size * 15 / 16 + (len(data) + 28) / 16  # A.7 avg_rtcp_size, with UDP/IP
+        if destination is None:
+            self.counters.send_skipped_no_destination += 1
+            return False
+        if self._srtp is not None:
+            data = self._srtp.protect_rtcp(data)
+        self._outgoing.append((data, destination, "rtp" if self.params.rtcp_mux else "rtcp"))
+        self.counters.rtcp_sent += 1
+        return True
+
+    def _rtcp_destination(self) -> Address | None:
+        if self.params.rtcp_mux:
+            return self._rtp_latch.destination
+        if self._rtcp_latch.latched is not None:
+            return self._rtcp_latch.latched
+        expected = self._rtcp_latch.expected
+        rtp_latched = self._rtp_latch.latched
+        if rtp_latched is not None and (expected is None or self._rtcp_latch.learn_any):
+            # the far end is behind NAT: its RTCP port is likely next to the RTP port it sends from
+            return (rtp_latched[0], rtp_latched[1] + 1)
+        return expected
+
+    def _tx_rtp_timestamp(self, now: float, clock_rate: int) -> int:
+        return (self._tx_timestamp_base + int((now - self._tx_start) * clock_rate)) % (1 << 32)
+
+    def _send_rtp(self, now: float, payload_type: int, marker: bool, timestamp: int, payload: bytes) -> bool:
+        destination = self._rtp_latch.destination
+        if destination is None:
+            self.counters.send_skipped_no_destination += 1
+            return False
+        packet = RtpPacket(
+            payload_type=payload_type,
+            marker=marker,
+            sequence_number=self._tx_sequence,
+            timestamp=timestamp,
+            ssrc=self.ssrc,
+            payload=payload,
+        )
+        self._tx_sequence = (self._tx_sequence + 1) % (1 << 16)
+        data = bytes(packet)
+        if self._srtp is not None:
+            data = self._srtp.protect(data)
+        self._outgoing.append((data, destination, "rtp"))
+        self._tx_packets += 1
+        self._tx_octets += len(payload)
+        self._sent_since_report = True
+        return True
+
+    def _keepalive_active(self) -> bool:
+        return (
+            self.config.keepalive
+            and self._silence is not None
+            and self.params.direction == SENDRECV
+            and not self._dtmf_due
+        )
+
+    def _send_keepalive(self, now: float) -> None:
+        if self._send_rtp(
+            now,
+            self.params.payload_type,
+            True,
+            self._tx_rtp_timestamp(now, self.params.clock_rate),
+            self._silence or b"",
+        ):
+            self.counters.keepalive_sent += 1
+        self._next_keepalive = now + self.config.keepalive_interval
+
+    def send_dtmf(self, digit: str, now: float, duration_ms: int | None = None) -> None:
+        """Queue one RFC 4733 digit; its packets go out at real pace through the timer."""
+        dtmf.digit_to_event(digit)
+        if self.params.telephone_event_pt is None:
+            raise ValueError("telephone-event was not negotiated")
+        if not self.params.sends:
+            raise ValueError(f"cannot send DTMF in direction {self.params.direction}")
+        self._dtmf_digits.append((digit, duration_ms))
+        if not self._dtmf_due:
+            self._dtmf_next_start = max(self._dtmf_next_start, now)
+        self._pump_dtmf(now)
+
+    def _pump_dtmf(self, now: float) -> None:
+        params = self.params
+        while True:
+            if not self._dtmf_due:
+                if not self._dtmf_digits or now < self._dtmf_next_start:
+                    return
+                digit, duration = self._dtmf_digits.popleft()
+                start = self._dtmf_next_start
+                rate = params.telephone_event_clock_rate
+                self._dtmf_timestamp = self._tx_rtp_timestamp(start, rate)
+                for scheduled in dtmf.digit_packets(
+                    digit,
+                    clock_rate=rate,
+                    duration_ms=duration if duration is not None else self.config.dtmf_duration_ms,
+                    volume=self.config.dtmf_volume,
+                    packet_interval_ms=self.config.dtmf_packet_interval_ms,
+                ):
+                    self._dtmf_due.append((start + scheduled.offset, scheduled))
+            due, scheduled = self._dtmf_due[0]
+            if now < due:
+                return
+            self._dtmf_due.popleft()
+            assert params.telephone_event_pt is not None
+            if self._send_rtp(
+                now, params.telephone_event_pt, scheduled.marker, self._dtmf_timestamp, scheduled.payload
+            ):
+                self.counters.dtmf_packets_sent += 1
+            if not self._dtmf_due:
+                self._dtmf_next_start = due + self.config.dtmf_gap_ms / 1000.0
+                self._next_keepalive = now + self.config.keepalive_interval
+
+    # --- inactivity -------------------------------------------------------------------------------------------
+
+    def _inactivity_watched(self) -> bool:
+        timeout = self.config.rtp_activity_timeout
+        return bool(timeout) and self.params.receives and not self.on_hold and not self._inactivity_reported

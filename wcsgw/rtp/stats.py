@@ -1,0 +1,210 @@
+"""Per-SSRC receive statistics (RFC 3550 appendices A.1, A.3 and A.8) and the RR report block built from them.
+
+The last sender report's NTP/RTP mapping and its arrival time are kept in ``last_sender_report``: the lip-sync
+reference for the RTMP pipeline, and the source of LSR/DLSR in our reports.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .packet import RTP_SEQ_MOD, RtpPacket, timestamp_delta
+from .rtcp import ReportBlock, RtcpSenderReport, ntp_middle, ntp_to_seconds
+
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
+_DUPLICATE_WINDOW = 1024
+
+
+@dataclass(frozen=True)
+class SenderReportInfo:
+    """What a sender report told us: its NTP <-> RTP timestamp mapping and when it arrived (our clock)."""
+
+    ssrc: int
+    ntp_timestamp: int
+    rtp_timestamp: int
+    packet_count: int
+    octet_count: int
+    arrival: float
+
+    @property
+    def ntp_seconds(self) -> float:
+        """The sender's wall clock at ``rtp_timestamp``, as Unix seconds."""
+        return ntp_to_seconds(self.ntp_timestamp)
+
+
+class ReceiverStats:
+    """Reception statistics for one SSRC; feed every packet that passed validation to ``on_packet``."""
+
+    def __init__(self, ssrc: int, clock_rate: int) -> None:
+        if clock_rate <= 0:
+            raise ValueError(f"clock rate {clock_rate} must be positive")
+        self.ssrc = ssrc
+        self.clock_rate = clock_rate
+        self.received = 0
+        self.reordered = 0
+        self.duplicated = 0
+        self.late = 0
+        self.octets = 0
+        self.last_sender_report: SenderReportInfo | None = None
+        self.last_arrival: float | None = None
+        self._base_seq = 0
+        self._max_seq = 0
+        self._cycles = 0
+        self._bad_seq: int | None = None
+        self._started = False
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._received_since_report = 0
+        self._transit: int | None = None
+        self._jitter = 0.0
+        self._recent: deque[int] = deque()
+        self._recent_set: set[int] = set()
+
+    @property
+    def extended_highest_sequence(self) -> int:
+        return self._cycles + self._max_seq
+
+    @property
+    def expected(self) -> int:
+        if not self._started:
+            return 0
+        return self.extended_highest_sequence - self._base_seq + 1
+
+    @property
+    def lost(self) -> int:
+        """Cumulative packets lost: expected less received (negative with duplicates, as RFC 3550 allows)."""
+        return self.expected - self.received
+
+    @property
+    def jitter(self) -> float:
+        """Interarrival jitter in timestamp units (RFC 3550 A.8)."""
+        return self._jitter
+
+    def count_late(self, count: int = 1) -> None:
+        """Count packets that arrived after the jitter buffer had released past them."""
+        self.late += count
+
+    def on_packet(self, packet: RtpPacket, arrival: float) -> None:
+        """Account one received packet (A.1 sequence tracking, A.8 jitter, our duplicate/reorder counters)."""
+        seq = packet.sequence_number
+        self.last_arrival = arrival
+        if not self._started:
+            self._init_sequence(seq)
+            self._started = True
+        else:
+            udelta = (seq - self._max_seq) % RTP_SEQ_MOD
+            if udelta == 0:
+                self.duplicated += 1
+                self.received += 1
+                self._received_since_report += 1
+                return
+            if udelta < MAX_DROPOUT:
+                if seq < self._max_seq:
+                    self._cycles += RTP_SEQ_MOD
+                self._max_seq = seq
+            elif udelta <= RTP_SEQ_MOD - MAX_MISORDER:
+                # a very large jump: resynchronise only if the next packet follows this one (A.1)
+                if self._bad_seq is not None and seq == self._bad_seq:
+                    self._init_sequence(seq)
+                    self._transit = None
+                else:
+                    self._bad_seq = (seq + 1) % RTP_SEQ_MOD
+                    return
+            else:
+                extended = self._extend(seq)
+                if extended in self._recent_set:
+                    self.duplicated += 1
+                    self.received += 1
+                    self._received_since_report += 1
+                    return
+                self.reordered += 1
+                self._remember(extended)
+                self.received += 1
+                self._received_since_report += 1
+                self.octets += len(packet.payload)
+                return
+        self._remember(self.extended_highest_sequence)
+        self.received += 1
+        self._received_since_report += 1
+        self.octets += len(packet.payload)
+        self._update_jitter(packet.timestamp, arrival)
+
+    def on_sender_report(self, report: RtcpSenderReport, arrival: float) -> SenderReportInfo:
+        """Keep a sender report's timing for LSR/DLSR and lip sync."""
+        info = SenderReportInfo(
+            ssrc=report.ssrc,
+            ntp_timestamp=report.ntp_timestamp,
+            rtp_timestamp=report.rtp_timestamp,
+            packet_count=report.packet_count,
+            octet_count=report.octet_count,
+            arrival=arrival,
+        )
+        self.last_sender_report = info
+        return info
+
+    @property
+    def received_since_report(self) -> int:
+        return self._received_since_report
+
+    def report_block(self, now: float) -> ReportBlock:
+        """The RR report block for this source (A.3), starting a new reporting interval."""
+        expected = self.expected
+        expected_interval = expected - self._expected_prior
+        received_interval = self.received - self._received_prior
+        self._expected_prior = expected
+        self._received_prior = self.received
+        self._received_since_report = 0
+        lost_interval = expected_interval - received_interval
+        if expected_interval <= 0 or lost_interval <= 0:
+            fraction = 0
+        else:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        lost = max(-(1 << 23), min((1 << 23) - 1, self.lost))
+        lsr = dlsr = 0
+        if self.last_sender_report is not None:
+            lsr = ntp_middle(self.last_sender_report.ntp_timestamp)
+            dlsr = max(0, min(0xFFFFFFFF, int((now - self.last_sender_report.arrival) * 65536)))
+        return ReportBlock(
+            ssrc=self.ssrc,
+            fraction_lost=fraction,
+            packets_lost=lost,
+            highest_sequence=self.extended_highest_sequence & 0xFFFFFFFF,
+            jitter=int(self._jitter),
+            lsr=lsr,
+            dlsr=dlsr,
+        )
+
+    def _init_sequence(self, seq: int) -> None:
+        self._base_seq = seq
+        self._max_seq = seq
+        self._bad_seq = None
+        self._cycles = 0
+        self.received = 0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._recent.clear()
+        self._recent_set.clear()
+
+    def _extend(self, seq: int) -> int:
+        """Extended value of a sequence number just below the highest one (misordered packets)."""
+        extended = self._cycles + seq
+        if seq > self._max_seq:
+            extended -= RTP_SEQ_MOD
+        return extended
+
+    def _remember(self, extended: int) -> None:
+        self._recent.append(extended)
+        self._recent_set.add(extended)
+        if len(self._recent) > _DUPLICATE_WINDOW:
+            self._recent_set.discard(self._recent.popleft())
+
+    def _update_jitter(self, rtp_timestamp: int, arrival: float) -> None:
+        arrival_units = int(arrival * self.clock_rate)
+        transit = arrival_units - rtp_timestamp
+        if self._transit is not None:
+            # the difference of transits, taken modulo 2**32 so a timestamp wrap is not a jump
+            d = abs(timestamp_delta(transit % (1 << 32), self._transit % (1 << 32)))
+            self._jitter += (d - self._jitter) / 16.0
+        self._transit = transit
