@@ -1,0 +1,169 @@
+"""Tests for wcsgw.stream: media events to FLV tags, fan-out, headers for late joiners, keyframe requests."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import av
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.e2e.gateway import wait_for
+from wcsgw.model import RtmpStreamStatus
+from wcsgw.rtmp import flv
+from wcsgw.rtp.h264 import AccessUnit
+from wcsgw.rtp.params import AudioFrame, MediaParams
+from wcsgw.stream import CallStream, StreamOptions, audio_specific_config
+
+SPS = bytes([0x67, 0x42, 0xC0, 0x1F, 0x8C, 0x8D, 0x40])
+PPS = bytes([0x68, 0xCE, 0x3C, 0x80])
+IDR = bytes([0x65, 0x88, 0x84, 0x00])
+P_SLICE = bytes([0x41, 0x9A, 0x02])
+AUDIO_PCMU = MediaParams(kind="audio", codec="PCMU", payload_type=0, clock_rate=8000,
+                         remote_rtp_addr="127.0.0.1", remote_rtp_port=4000)
+VIDEO_H264 = MediaParams(kind="video", codec="H264", payload_type=96, clock_rate=90000,
+                         remote_rtp_addr="127.0.0.1", remote_rtp_port=4002)
+
+
+class FakePublisher:
+    def __init__(self, reactor: Any, url: str, stream: str, **kw: Any) -> None:
+        self.url, self.stream, self.kw = url, stream, kw
+        self.tags: list[flv.FlvTag] = []
+        self.started = False
+        self.stopped = False
+
+    def write(self, tag: flv.FlvTag) -> None:
+        self.tags.append(tag)
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.stopped = True
+        return succeed(None)
+
+
+class PassthroughTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.keyframe_requests = 0
+        self.publishers: list[FakePublisher] = []
+
+        def factory(*args: Any, **kw: Any) -> FakePublisher:
+            publisher = FakePublisher(*args, **kw)
+            self.publishers.append(publisher)
+            return publisher
+
+        def ask() -> None:
+            self.keyframe_requests += 1
+
+        self.stream = CallStream(self.clock, "s1", StreamOptions(audio_output="passthrough"), audio=AUDIO_PCMU,
+                                 video=VIDEO_H264, request_keyframe=ask, publisher_factory=factory)
+
+    def statuses(self, status: RtmpStreamStatus, reason: str) -> None:
+        pass
+
+    def test_h264_and_g711_pass_through(self) -> None:
+        """H.264 access units become an AVC sequence header and AVCC video tags; PCMU becomes FLV G.711 tags."""
+        self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        self.stream.media_event("video", AccessUnit(90000, [SPS, PPS, IDR], True, SPS, PPS), 10.0)
+        self.stream.media_event("audio", AudioFrame(8000, b"\xff" * 160, 0), 10.0)
+        self.stream.media_event("video", AccessUnit(93000, [P_SLICE], False, SPS, PPS), 10.033)
+        self.stream.media_event("audio", AudioFrame(8000, b"\xff" * 160, 8), 10.0)  # other payload type: ignored
+        tags = self.publishers[0].tags
+        kinds = [(t.tag_type, t.is_sequence_header, t.is_keyframe) for t in tags]
+        self.assertEqual(kinds, [(flv.TagType.SCRIPT, False, False), (flv.TagType.VIDEO, True, True),
+                                 (flv.TagType.VIDEO, False, True), (flv.TagType.AUDIO, False, False),
+                                 (flv.TagType.VIDEO, False, False)])
+        self.assertEqual(tags[1].body[5:], flv.avc_decoder_configuration_record([SPS], [PPS]))
+        self.assertEqual(tags[2].body[5:], len(IDR).to_bytes(4, "big") + IDR)  # SPS/PPS only in the header
+        self.assertEqual(tags[3].body[0] >> 4, 8)  # SoundFormat 8: G.711 mu-law
+        self.assertEqual([t.timestamp_ms for t in tags[2:]], [0, 0, 33])
+        _, metadata = flv.parse_metadata(tags[0].body)
+        self.assertEqual((metadata["videocodecid"], metadata["audiocodecid"]), (7, 8))
+
+    def test_late_joiner_gets_headers(self) -> None:
+        """A destination added later gets metadata and the current sequence header before any media."""
+        self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        self.stream.media_event("video", AccessUnit(0, [SPS, PPS, IDR], True, SPS, PPS), 1.0)
+        late = self.stream.add_destination("d2", "rtmp://127.0.0.1/live", "y", self.statuses)
+        self.assertTrue(late.started)
+        self.assertEqual([(t.tag_type, t.is_sequence_header) for t in late.tags],
+                         [(flv.TagType.SCRIPT, False), (flv.TagType.VIDEO, True)])
+        self.stream.media_event("video", AccessUnit(3000, [P_SLICE], False, SPS, PPS), 1.033)
+        self.assertEqual(len(late.tags), 3)
+        self.assertEqual(len(self.publishers[0].tags), 4)
+
+    def test_changed_parameter_sets_resend_header(self) -> None:
+        """New SPS/PPS mid-call produce a new sequence header."""
+        self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        self.stream.media_event("video", AccessUnit(0, [SPS, PPS, IDR], True, SPS, PPS), 1.0)
+        sps2 = SPS[:-1] + b"\x41"
+        self.stream.media_event("video", AccessUnit(3000, [sps2, PPS, IDR], True, sps2, PPS), 1.033)
+        headers = [t for t in self.publishers[0].tags if t.is_sequence_header]
+        self.assertEqual(len(headers), 2)
+
+    def test_video_before_parameter_sets_asks_keyframe(self) -> None:
+        """Video before any SPS/PPS cannot be decoded: dropped, and a keyframe is asked for."""
+        self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        self.stream.media_event("video", AccessUnit(0, [P_SLICE], False, None, None), 1.0)
+        self.assertEqual((self.stream.stats.video_dropped, self.keyframe_requests), (1, 1))
+        self.assertEqual([t.tag_type for t in self.publishers[0].tags], [flv.TagType.SCRIPT])
+
+    def test_publisher_keyframe_request_reaches_far_end(self) -> None:
+        """A destination's keyframe request goes to the far end when video passes through."""
+        publisher = self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        publisher.kw["on_keyframe_needed"]()
+        self.assertEqual(self.keyframe_requests, 1)
+
+    def test_remove_and_stop(self) -> None:
+        """remove_destination stops one destination; stop stops the rest."""
+        self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        self.stream.add_destination("d2", "rtmp://127.0.0.1/live", "y", self.statuses)
+        self.successResultOf(self.stream.remove_destination("d1"))
+        self.assertEqual([p.stopped for p in self.publishers], [True, False])
+        self.successResultOf(self.stream.stop())
+        self.assertEqual([p.stopped for p in self.publishers], [True, True])
+        self.stream.media_event("video", AccessUnit(0, [SPS, PPS, IDR], True, SPS, PPS), 1.0)
+        self.assertEqual(self.stream.stats.tags_out, 0)
+
+    def test_audio_specific_config(self) -> None:
+        """The AAC-LC AudioSpecificConfig: object type 2, rate index, channels."""
+        self.assertEqual(audio_specific_config(44100, 1), b"\x12\x08")
+        self.assertEqual(audio_specific_config(48000, 2), b"\x11\x90")
+
+
+class AacTranscodeTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_pcmu_becomes_aac_decodable(self) -> Any:
+        """PCMU is transcoded to AAC in a worker thread; the FLV made from the tags decodes with PyAV."""
+        publishers: list[FakePublisher] = []
+
+        def factory(*args: Any, **kw: Any) -> FakePublisher:
+            publishers.append(FakePublisher(*args, **kw))
+            return publishers[-1]
+
+        stream = CallStream(reactor, "s2", StreamOptions(), audio=AUDIO_PCMU, video=None,
+                            request_keyframe=lambda: None, publisher_factory=factory)
+        stream.add_destination("d", "rtmp://127.0.0.1/live", "x", lambda *a: None)
+        now = reactor.seconds()
+        for n in range(100):  # two seconds of 20 ms packets, fed as the network would: a few at a time
+            stream.media_event("audio", AudioFrame(n * 160, bytes([0x7F + (n % 3)]) * 160, 0), now + n * 0.02)
+            if n % 10 == 9:
+                yield wait_for(lambda: stream._audio_worker.queue_depth == 0, what="the audio worker")
+        yield wait_for(lambda: sum(t.tag_type == flv.TagType.AUDIO for t in publishers[0].tags) >= 85,
+                       what="AAC tags")
+        self.assertEqual(stream.stats.audio_dropped, 0)
+        data = flv.flv_file_bytes(publishers[0].tags, has_audio=True, has_video=False)
+        container = av.open(io.BytesIO(data), format="flv")
+        frames = list(container.decode(audio=0))
+        self.assertGreaterEqual(len(frames), 80)
+        self.assertEqual(frames[0].sample_rate, 44100)
+        yield stream.stop()

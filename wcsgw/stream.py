@@ -1,0 +1,327 @@
+"""
+The Stream of a call: media events from the RTP sessions in, FLV tags out to every RTMP destination.
+
+One mechanism serves the call's own rtmpUrl and every ``push/startup``: each destination is an ``RtmpPublisher``
+subscribed to the stream.  The stream keeps the latest metadata and sequence headers, so a destination that joins
+late (or reconnects) gets them first; publishers start at the next keyframe and ask for one through
+``request_keyframe``, which reaches the SIP side (RTCP PLI/FIR) or the H.264 encoder when video is re-encoded.
+
+Timestamps: a ``MediaClock`` maps each track's RTP timestamps to call milliseconds, through the far end's RTCP
+sender reports when it sends them (lip sync), by arrival time otherwise.  Transcoding (audio to AAC, VP8 to H.264)
+runs in ``TranscodeWorker`` threads; H.264 and, when configured, G.711/Speex pass through on the reactor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from wcsgw.media.clock import MediaClock
+from wcsgw.media.transcoder import AudioTranscoder, EncodedAudio, EncodedVideo, VideoTranscoder
+from wcsgw.media.worker import MediaInput, TranscodeWorker
+from wcsgw.model import RtmpStreamStatus
+from wcsgw.rtmp import flv
+from wcsgw.rtmp.flv import FlvTag
+from wcsgw.rtmp.publisher import RtmpPublisher
+from wcsgw.rtp.h264 import AccessUnit
+from wcsgw.rtp.params import AudioFrame, MediaParams, SenderReportReceived, StreamRestarted
+from wcsgw.rtp.vp8 import Vp8Frame
+
+log = Logger()
+
+AUDIO = "audio"
+VIDEO = "video"
+NAL_TYPE_SPS = 7
+NAL_TYPE_PPS = 8
+NAL_TYPE_AUD = 9
+_OUT_OF_BAND = frozenset({NAL_TYPE_SPS, NAL_TYPE_PPS, NAL_TYPE_AUD})
+# AAC sampling frequency index (ISO/IEC 14496-3, 1.6.3.4).
+_AAC_RATE_INDEX = {96000: 0, 88200: 1, 64000: 2, 48000: 3, 44100: 4, 32000: 5, 24000: 6, 22050: 7, 16000: 8,
+                   12000: 9, 11025: 10, 8000: 11}
+_FLV_AUDIO_CODEC_ID = {"aac": 10, "PCMA": 7, "PCMU": 8, "speex": 11}
+AAC_OBJECT_TYPE_LC = 2
+
+
+def audio_specific_config(sample_rate: int, channels: int) -> bytes:
+    """The two-byte AAC-LC AudioSpecificConfig for ``sample_rate`` and ``channels``."""
+    value = (AAC_OBJECT_TYPE_LC << 11) | (_AAC_RATE_INDEX[sample_rate] << 7) | (channels << 3)
+    return value.to_bytes(2, "big")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """How a call's media becomes RTMP (from the settings)."""
+
+    transcode_video: bool = False  # disable_streaming_proxy: re-encode H.264 too
+    audio_output: str = "aac"  # "aac" or "passthrough" (G.711 and 16 kHz Speex only; others become AAC)
+    aac_sample_rate: int = 44100
+    audio_bitrate: int = 64000
+    video_bitrate: int = 1_500_000
+    keyframe_interval_s: float = 2.0
+    worker_queue: int = 50
+    reconnect_delays: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 15.0)
+    connect_timeout: float = 10.0
+    max_buffered_bytes: int = 2 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class StreamStats:
+    audio_frames_in: int = 0
+    video_frames_in: int = 0
+    tags_out: int = 0
+    keyframes_out: int = 0
+    audio_dropped: int = 0
+    video_dropped: int = 0
+    keyframe_requests: int = 0
+    last_audio_ms: int | None = None
+    last_video_ms: int | None = None
+
+
+PublisherFactory = Callable[..., Any]
+
+
+class CallStream:
+    """One call's stream: media in, FLV tags out to its destinations."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        options: StreamOptions,
+        *,
+        audio: MediaParams | None,
+        video: MediaParams | None,
+        request_keyframe: Callable[[], None],
+        publisher_factory: PublisherFactory = RtmpPublisher,
+    ) -> None:
+        self._reactor = reactor
+        self.name = name
+        self._options = options
+        self._audio = audio
+        self._video = video
+        self._request_far_keyframe = request_keyframe
+        self._publisher_factory = publisher_factory
+        self.stats = StreamStats()
+        self.clock = MediaClock()
+        self._destinations: dict[str, Any] = {}
+        self._metadata: FlvTag | None = None
+        self._video_header: FlvTag | None = None
+        self._audio_header: FlvTag | None = None
+        self._parameter_sets: tuple[bytes, bytes] | None = None
+        self._video_encoder: list[VideoTranscoder] = []  # filled in the worker thread once it made the encoder
+        self._audio_worker: TranscodeWorker[EncodedAudio] | None = None
+        self._video_worker: TranscodeWorker[EncodedVideo] | None = None
+        self._audio_passthrough = False
+        self._stopped = False
+        self._setup_audio()
+        self._setup_video()
+        self._metadata = flv.metadata_tag(self._metadata_fields())
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+
+    def _setup_audio(self) -> None:
+        params = self._audio
+        if params is None:
+            return
+        self.clock.add_track(AUDIO, params.clock_rate)
+        codec = params.codec.upper()
+        passthrough_ok = codec in ("PCMU", "PCMA") or (codec == "SPEEX" and params.clock_rate == 16000)
+        if self._options.audio_output == "passthrough" and passthrough_ok:
+            self._audio_passthrough = True
+            return
+        rate, channels = self._options.aac_sample_rate, 1
+        self._audio_header = flv.aac_sequence_header_tag(0, audio_specific_config(rate, channels))
+        options = self._options
+
+        def make() -> AudioTranscoder:
+            return AudioTranscoder(params.codec, params.clock_rate, params.channels, output="aac",
+                                   sample_rate=rate, bitrate=options.audio_bitrate)
+
+        self._audio_worker = TranscodeWorker(self._reactor, make, self._audio_out, max_queue=options.worker_queue,
+                                             name=f"audio-{self.name}")
+
+    def _setup_video(self) -> None:
+        params = self._video
+        if params is None:
+            return
+        self.clock.add_track(VIDEO, params.clock_rate)
+        if params.codec.upper() == "H264" and not self._options.transcode_video:
+            return
+        options = self._options
+        holder = self._video_encoder
+
+        def make() -> VideoTranscoder:
+            encoder = VideoTranscoder(params.codec.upper(), bitrate=options.video_bitrate,
+                                      keyframe_interval_s=options.keyframe_interval_s)
+            holder.append(encoder)
+            return encoder
+
+        self._video_worker = TranscodeWorker(self._reactor, make, self._video_out, max_queue=options.worker_queue,
+                                             name=f"video-{self.name}", keyframe_gated=True,
+                                             on_keyframe_needed=self._request_far_keyframe)
+
+    def _metadata_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"duration": 0.0, "encoder": "wcsgw"}
+        if self._video is not None:
+            fields["videocodecid"] = 7
+        if self._audio is not None:
+            if self._audio_passthrough:
+                codec = self._audio.codec.upper().replace("SPEEX", "speex")
+                fields.update(audiocodecid=_FLV_AUDIO_CODEC_ID[codec],
+                              audiosamplerate=16000 if codec == "speex" else 8000)
+            else:
+                fields.update(audiocodecid=10, audiosamplerate=self._options.aac_sample_rate)
+            fields.update(audiosamplesize=16, stereo=False)
+        return fields
+
+    # -- destinations ---------------------------------------------------------------------------------------
+
+    def add_destination(self, key: str, rtmp_url: str, rtmp_stream: str,
+                        on_status: Callable[[RtmpStreamStatus, str], None]) -> Any:
+        """Subscribe a new RTMP destination; it gets the headers now and media from the next keyframe."""
+        options = self._options
+        publisher = self._publisher_factory(
+            self._reactor, rtmp_url, rtmp_stream, on_status=on_status, on_keyframe_needed=self.request_keyframe,
+            reconnect_delays=options.reconnect_delays, connect_timeout=options.connect_timeout,
+            max_buffered_bytes=options.max_buffered_bytes)
+        self._destinations[key] = publisher
+        for header in (self._metadata, self._video_header, self._audio_header):
+            if header is not None:
+                publisher.write(header)
+        publisher.start()
+        return publisher
+
+    def remove_destination(self, key: str) -> Deferred[None]:
+        publisher = self._destinations.pop(key, None)
+        if publisher is None:
+            d: Deferred[None] = Deferred()
+            d.callback(None)
+            return d
+        return publisher.stop()
+
+    def destinations(self) -> dict[str, Any]:
+        return dict(self._destinations)
+
+    def request_keyframe(self) -> None:
+        """A destination needs a keyframe: from the encoder when we re-encode, else from the far end."""
+        self.stats.keyframe_requests += 1
+        if self._video_worker is not None and self._video_encoder:
+            self._video_encoder[0].request_keyframe()
+            if not self._video_worker.waiting_for_keyframe:
+                return
+        self._request_far_keyframe()
+
+    # -- media in -------------------------------------------------------------------------------------------
+
+    def media_event(self, kind: str, event: Any, now: float) -> None:
+        """An event of the audio or video RTP session (frames, sender reports, restarts); never raises."""
+        if self._stopped:
+            return
+        try:
+            if isinstance(event, AudioFrame):
+                self._audio_in(event, now)
+            elif isinstance(event, AccessUnit):
+                self._h264_in(event, now)
+            elif isinstance(event, Vp8Frame):
+                self._vp8_in(event, now)
+            elif isinstance(event, SenderReportReceived):
+                self.clock.on_sender_report(kind, event.report.ntp_seconds, event.extended_rtp_timestamp,
+                                            event.report.arrival)
+            elif isinstance(event, StreamRestarted):
+                self.clock.reset_track(kind)
+        except Exception:
+            log.failure("stream {name}: dropped a {kind} event", name=self.name, kind=kind)
+
+    def _audio_in(self, frame: AudioFrame, now: float) -> None:
+        params = self._audio
+        if params is None or frame.payload_type != params.payload_type:
+            return
+        self.stats.audio_frames_in += 1
+        timestamp = self.clock.timestamp_ms(AUDIO, frame.timestamp, now)
+        if self._audio_passthrough:
+            codec = params.codec.upper()
+            if codec == "PCMU":
+                tag = flv.pcmu_audio_tag(timestamp, frame.payload)
+            elif codec == "PCMA":
+                tag = flv.pcma_audio_tag(timestamp, frame.payload)
+            else:
+                tag = flv.speex_audio_tag(timestamp, frame.payload)
+            self._emit(tag)
+        elif self._audio_worker is not None and not self._audio_worker.submit(MediaInput(frame.payload, timestamp)):
+            self.stats.audio_dropped += 1
+
+    def _h264_in(self, unit: AccessUnit, now: float) -> None:
+        if self._video is None:
+            return
+        self.stats.video_frames_in += 1
+        timestamp = self.clock.timestamp_ms(VIDEO, unit.timestamp, now)
+        if self._video_worker is not None:
+            self._submit_video(MediaInput(list(unit.nal_units), timestamp, unit.keyframe))
+            return
+        self._video_access_unit(timestamp, unit.nal_units, unit.keyframe)
+
+    def _vp8_in(self, frame: Vp8Frame, now: float) -> None:
+        if self._video is None or self._video_worker is None:
+            return
+        self.stats.video_frames_in += 1
+        timestamp = self.clock.timestamp_ms(VIDEO, frame.timestamp, now)
+        self._submit_video(MediaInput(frame.data, timestamp, frame.keyframe))
+
+    def _submit_video(self, item: MediaInput) -> None:
+        assert self._video_worker is not None
+        if not self._video_worker.submit(item):
+            self.stats.video_dropped += 1
+
+    # -- media out ------------------------------------------------------------------------------------------
+
+    def _audio_out(self, encoded: EncodedAudio) -> None:
+        if not self._stopped:
+            self._emit(flv.aac_audio_tag(encoded.timestamp_ms, encoded.data))
+
+    def _video_out(self, encoded: EncodedVideo) -> None:
+        if not self._stopped:
+            self._video_access_unit(encoded.timestamp_ms, encoded.nal_units, encoded.keyframe)
+
+    def _video_access_unit(self, timestamp: int, nal_units: Sequence[bytes], keyframe: bool) -> None:
+        """H.264 NAL units to FLV: parameter sets go into the sequence header (re-sent when they change)."""
+        sps = next((n for n in nal_units if n and n[0] & 0x1F == NAL_TYPE_SPS), None)
+        pps = next((n for n in nal_units if n and n[0] & 0x1F == NAL_TYPE_PPS), None)
+        if sps is not None and pps is not None and (sps, pps) != self._parameter_sets:
+            self._parameter_sets = (sps, pps)
+            self._video_header = flv.avc_sequence_header_tag(timestamp, [sps], [pps])
+            self._emit(self._video_header)
+        if self._video_header is None:
+            self.stats.video_dropped += 1  # nothing can decode video before the first SPS/PPS
+            self.request_keyframe()
+            return
+        body = [n for n in nal_units if n and n[0] & 0x1F not in _OUT_OF_BAND]
+        if not body:
+            return
+        if keyframe:
+            self.stats.keyframes_out += 1
+        self.stats.last_video_ms = timestamp
+        self._emit(flv.avc_video_tag(timestamp, body, keyframe))
+
+    def _emit(self, tag: FlvTag) -> None:
+        self.stats.tags_out += 1
+        if tag.tag_type == flv.TagType.AUDIO and not tag.is_sequence_header:
+            self.stats.last_audio_ms = tag.timestamp_ms
+        for publisher in list(self._destinations.values()):
+            publisher.write(tag)
+
+    # -- end ------------------------------------------------------------------------------------------------
+
+    def stop(self) -> Deferred[Any]:
+        """Stop the workers (joined off the reactor) and every destination (unpublished cleanly)."""
+        self._stopped = True
+        waits: list[Deferred[Any]] = []
+        for worker in (self._audio_worker, self._video_worker):
+            if worker is not None:
+                waits.append(worker.stop())
+        for key in list(self._destinations):
+            waits.append(self.remove_destination(key))
+        return DeferredList(waits, consumeErrors=True)
