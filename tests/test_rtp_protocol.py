@@ -204,3 +204,19 @@ class BindTests(SynchronousTestCase):
         self.assertEqual(media.listen_allocated(allocator, "127.0.0.1"), (20002, 20003))
         other = MediaStreamProtocol(reactor, MediaStreamSession(params(), SessionConfig(), 0.0), lambda e: None)
         self.assertRaises(PortsExhausted, other.listen_allocated, allocator)
+
+
+class LateAttachTests(SynchronousTestCase):
+    def test_sockets_before_session(self) -> None:
+        """Sockets bound before the session exists drop datagrams (counted) until a session is attached."""
+        reactor = FakeUdpReactor()
+        events: list[object] = []
+        proto = MediaStreamProtocol(reactor, None, events.append)
+        proto.listen(40000, 40001, interface="127.0.0.1")
+        proto.datagram_received("rtp", b"\x80\x00\x00\x01" + b"\x00" * 8, ("127.0.0.1", 5000))
+        proto.request_keyframe()
+        proto.set_hold(True)
+        self.assertEqual((proto.early_datagrams, events, reactor.getDelayedCalls()), (1, [], []))
+        with self.assertRaises(ValueError):
+            proto.send_dtmf("1")
+        self.successResultOf(proto.stop())

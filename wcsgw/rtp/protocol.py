@@ -42,12 +42,17 @@ class MediaSocketProtocol(DatagramProtocol):
 
 
 class MediaStreamProtocol:
-    """Runs one ``MediaStreamSession`` on an RTP socket and (without rtcp-mux) an RTCP socket."""
+    """Runs one ``MediaStreamSession`` on an RTP socket and (without rtcp-mux) an RTCP socket.
+
+    The sockets can be bound before the session exists (``session=None``): a call binds its ports before it
+    offers them, and only the answer tells what the session is.  Until ``attach`` datagrams are dropped and
+    counted in ``early_datagrams``.
+    """
 
     def __init__(
         self,
         reactor: Any,  # IReactorTime and IReactorUDP
-        session: MediaStreamSession,
+        session: MediaStreamSession | None,
         on_event: Callable[[MediaEvent], None],
     ) -> None:
         self.reactor = reactor
@@ -55,6 +60,7 @@ class MediaStreamProtocol:
         self.on_event = on_event
         self.errors = 0
         self.send_errors = 0
+        self.early_datagrams = 0
         self.rtp_protocol = MediaSocketProtocol(self, RTP)
         self.rtcp_protocol = MediaSocketProtocol(self, RTCP)
         # IListeningPort per channel, and the one IDelayedCall (typed Any: no zope plugin for mypy here)
@@ -101,13 +107,19 @@ class MediaStreamProtocol:
         port = self._ports.get(RTCP)
         return port.getHost().port if port is not None else None
 
+    def attach(self, session: MediaStreamSession) -> None:
+        """Start running ``session`` on the bound sockets."""
+        self.session = session
+        self._service()
+
     def stop(self) -> Deferred[None]:
         """Say RTCP BYE, close both sockets and cancel the timer."""
         if self._stopped:
             return succeed(None)
         try:
-            self.session.close(self.reactor.seconds())
-            self._flush()
+            if self.session is not None:
+                self.session.close(self.reactor.seconds())
+                self._flush()
         except Exception:
             self.errors += 1
             log.failure("media session close failed")
@@ -119,26 +131,34 @@ class MediaStreamProtocol:
     # --- commands from the call manager ------------------------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        self.session.request_keyframe(self.reactor.seconds())
-        self._service()
+        if self.session is not None:
+            self.session.request_keyframe(self.reactor.seconds())
+            self._service()
 
     def send_dtmf(self, digit: str, duration_ms: int | None = None) -> None:
         """Queue a digit (``ValueError`` if it cannot be sent)."""
+        if self.session is None:
+            raise ValueError("no media session yet")
         self.session.send_dtmf(digit, self.reactor.seconds(), duration_ms)
         self._service()
 
     def update_params(self, params: MediaParams) -> None:
-        self.session.update_params(params, self.reactor.seconds())
-        self._service()
+        if self.session is not None:
+            self.session.update_params(params, self.reactor.seconds())
+            self._service()
 
     def set_hold(self, on_hold: bool) -> None:
-        self.session.set_hold(on_hold, self.reactor.seconds())
-        self._service()
+        if self.session is not None:
+            self.session.set_hold(on_hold, self.reactor.seconds())
+            self._service()
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
     def datagram_received(self, channel: str, data: bytes, addr: tuple[str, int]) -> None:
         if self._stopped:
+            return
+        if self.session is None:
+            self.early_datagrams += 1
             return
         now = self.reactor.seconds()
         if channel == RTP:
@@ -149,7 +169,7 @@ class MediaStreamProtocol:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._stopped:
+        if self._stopped or self.session is None:
             return
         try:
             self.session.handle_timer(self.reactor.seconds())
@@ -159,7 +179,7 @@ class MediaStreamProtocol:
         self._service()
 
     def _service(self) -> None:
-        if self._stopped:
+        if self._stopped or self.session is None:
             return
         self._flush()
         self._arm_timer()
