@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
@@ -11,6 +12,31 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from wcsgw import config
 from wcsgw.tap import GatewayService, Options
+
+
+class _UdpPort:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", "127.0.0.1", self.port or 40000)
+
+    def stopListening(self) -> None:
+        return None
+
+
+class MemoryReactorUdp(MemoryReactorClock):
+    """MemoryReactorClock plus listenUDP, which records the UDP ports bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpPorts: list[tuple[int, str]] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> _UdpPort:
+        self.udpPorts.append((port, interface))
+        return _UdpPort(port)
 
 
 def parse(*args: str) -> config.Settings:
@@ -97,18 +123,19 @@ class OptionsTests(SynchronousTestCase):
 class ServiceTests(SynchronousTestCase):
     def test_dev_profile_listens_http_only(self) -> None:
         """The dev profile serves REST over HTTP on 127.0.0.1 only, without TLS."""
-        reactor = MemoryReactorClock()
+        reactor = MemoryReactorUdp()
         service = GatewayService(reactor, config.build_settings({"state_dir": self.mktemp()}))
         service.startService()
         self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers],
                          [(8081, "127.0.0.1")])
         self.assertEqual(reactor.sslServers, [])
+        self.assertEqual(reactor.udpPorts, [(5060, "0.0.0.0")])  # the SIP user agent
         self.successResultOf(service.stopService())
 
     def test_production_profile_adds_https_and_generates_certificate(self) -> None:
         """Production serves HTTP and HTTPS on every interface and makes a self-signed certificate once."""
         state = Path(self.mktemp())
-        reactor = MemoryReactorClock()
+        reactor = MemoryReactorUdp()
         settings = config.build_settings({"profile": "production", "state_dir": str(state)})
         service = GatewayService(reactor, settings)
         service.startService()

@@ -213,6 +213,22 @@ SETTINGS: tuple[Setting, ...] = (
             "end a call FAILED_BY_RTP_ACTIVITY after this many seconds without incoming RTP"),
     Setting("disable_streaming_proxy", _parse_bool, False,
             "true: re-encode H.264 video instead of passing it through (WCS's fix for Wowza freezes)"),
+    Setting("rtp_in_buffer_ms", _parse_int(10, 2000), 150,
+            "jitter buffer depth: how long a missing RTP packet is waited for, in milliseconds"),
+    Setting("rtp_keepalive", _parse_bool, True,
+            "in sendrecv mode send silence RTP so that softphones with RTP inactivity timers keep the call"),
+    Setting("sip_t1", _parse_float(0.05, 10), 0.5, "SIP timer T1 (RTT estimate) in seconds"),
+    Setting("sip_t2", _parse_float(0.5, 60), 4.0, "SIP timer T2 (longest non-INVITE retransmit interval), seconds"),
+    Setting("sip_t4", _parse_float(0.5, 60), 5.0, "SIP timer T4 (longest a message stays in the network), seconds"),
+    Setting("rtmp_audio", _parse_choice("aac", "passthrough"), "aac",
+            "RTMP audio: aac (transcode everything) or passthrough (G.711 and 16 kHz Speex as they are, others AAC)"),
+    Setting("aac_sample_rate", _parse_choice("44100", "48000"), "44100", "sample rate of the AAC audio sent to RTMP"),
+    Setting("video_bitrate", _parse_int(100_000, 20_000_000), 1_500_000,
+            "bits per second of re-encoded H.264 (VP8 calls, or disable_streaming_proxy=true)"),
+    Setting("rtmp_reconnect_delays", _parse_delays, (1.0, 2.0, 4.0, 8.0, 15.0),
+            "seconds between RTMP reconnect attempts; when all fail the destination is RTMP_CONNECTION_FAILED"),
+    Setting("rtmp_failure_ends_call", _parse_bool, False,
+            "true: a call whose own RTMP destination fails ends FAILED with info FAILED_BY_RTMP_WRITER_ERROR"),
 )
 
 _BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -244,6 +260,16 @@ class Settings:
     rtp_in_buffer: bool
     rtp_activity_detecting: tuple[bool, int]
     disable_streaming_proxy: bool
+    rtp_in_buffer_ms: int
+    rtp_keepalive: bool
+    sip_t1: float
+    sip_t2: float
+    sip_t4: float
+    rtmp_audio: str
+    aac_sample_rate: str
+    video_bitrate: int
+    rtmp_reconnect_delays: tuple[float, ...]
+    rtmp_failure_ends_call: bool
 
     @property
     def production(self) -> bool:

@@ -10,18 +10,21 @@ from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from wcsgw import config
+from wcsgw.backend import GatewayBackend, default_public_address
 from wcsgw.calls import CallManager, new_node_id
 from wcsgw.events import CallAppNotifier, TreqPoster
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
 from wcsgw.rest.tls import certificate_paths, server_context
+from wcsgw.rtp.ports import PortAllocator
+from wcsgw.sip.protocol import SipUserAgent
 
 log = Logger()
 
@@ -90,19 +93,29 @@ def _media_ports(text: str) -> dict[str, int]:
 
 
 class GatewayService(service.MultiService):
-    """The gateway: REST listeners, the call manager and the CallApp notifier (SIP and media plug in here)."""
+    """The gateway: REST listeners, the call manager, the CallApp notifier, the SIP user agent and media."""
+
+    #: How long shutdown waits for the CallApp receiver to take the last events.
+    EVENT_DRAIN_SECONDS = 2.0
 
     def __init__(self, reactor: Any, settings: config.Settings) -> None:
         super().__init__()
         self.reactor = reactor
         self.settings = settings
         state_dir = Path(settings.state_dir)
+        public_address = default_public_address(settings)
         self.poster = TreqPoster(reactor)
         self.notifier = CallAppNotifier(reactor, settings.callapp_url, self.poster,
                                         retry_delays=settings.callapp_retry_delays,
                                         queue_limit=settings.callapp_queue_limit)
-        self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(settings.ip or "127.0.0.1"),
-                                   ended_call_ttl=settings.ended_call_ttl)
+        self.agent = SipUserAgent(reactor, bind_address=settings.ip_local, port=settings.sip_port,
+                                  public_address=public_address, user_agent=settings.user_agent,
+                                  t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
+        allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
+        self.backend = GatewayBackend(reactor, settings, self.agent, allocator)
+        self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(public_address),
+                                   ended_call_ttl=settings.ended_call_ttl, backend=self.backend)
+        self.backend.manager = self.manager
         credentials = None
         if settings.production:
             credentials = CredentialStore(state_dir / CREDENTIALS_FILE, reactor)
@@ -124,13 +137,25 @@ class GatewayService(service.MultiService):
     def startService(self) -> None:
         log.info("wcsgw starting: profile {profile}, REST http://{address}:{port}/rest-api",
                  profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
+        self.agent.start()
         super().startService()
 
-    def stopService(self) -> Deferred[Any]:
-        stopped = super().stopService()
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop taking requests, hang up every call (BYE/CANCEL), let the last events go, close everything."""
+        yield super().stopService()
+        yield self.backend.stop()
         self.manager.stop()
+        drained = self.notifier.when_idle()
+        guard = self.reactor.callLater(self.EVENT_DRAIN_SECONDS, drained.cancel)
+        try:
+            yield drained
+        except CancelledError:
+            log.warn("CallApp: {count} events not delivered at shutdown", count=self.notifier.pending())
+        if guard.active():
+            guard.cancel()
         self.notifier.stop()
-        return DeferredList([stopped, self.poster.close()])
+        yield self.poster.close()
 
 
 def makeService(options: Options) -> service.IService:

@@ -20,7 +20,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from tests.e2e.gateway import ROOT, CallAppReceiver, free_tcp_port, start_gateway, wait_for
+from tests.e2e.gateway import ROOT, CallAppReceiver, free_tcp_port, free_udp_port, start_gateway, wait_for
+from tests.e2e.sipp import Sipp, require_sipp
 
 
 def readme_curl_examples() -> list[str]:
@@ -45,32 +46,51 @@ class GatewayProcessTests(TestCase):
 
     @inlineCallbacks
     def test_readme_curl_examples_and_ordered_events(self) -> None:
-        """The README's curl examples work against a started gateway; CallApp gets each call's events in order."""
+        """The README's curl examples work against a started gateway calling a SIPp far end; CallApp gets the
+        call's events in order."""
+        require_sipp()
+        sipp = Sipp(reactor, "uas_answer.xml", workdir=self.mktemp())
+        self.addCleanup(sipp.stop)
+        yield sipp.start()
         receiver = CallAppReceiver()
         receiver.start(self)
         port = free_tcp_port()
-        yield start_gateway(self, ["--rest-port", str(port), "--callapp-url", receiver.url,
-                                   "--sip-port", "0"])
+        gateway = yield start_gateway(self, ["--rest-port", str(port), "--callapp-url", receiver.url,
+                                             "--sip-port", "0", "--sip-address", "127.0.0.1",
+                                             "--media-ports", "42000-42999"])
         outputs = []
-        for command in readme_curl_examples():
-            argv = shlex.split(command.replace("localhost:8081", f"127.0.0.1:{port}"))
+        for number, command in enumerate(readme_curl_examples()):
+            command = command.replace("localhost:8081", f"127.0.0.1:{port}")
+            command = command.replace('"sipPort": "5060"', f'"sipPort": "{sipp.port}"')
+            argv = shlex.split(command)
             out, err, code = yield getProcessOutputAndValue("/usr/bin/curl", argv[1:])
             self.assertEqual(code, 0, f"{command}: {err!r}")
             outputs.append(json.loads(out))
+            if number == 0:  # let the far end answer before the examples that need an established call
+                yield wait_for(lambda: receiver.statuses("call-1")[-1:] == [("ESTABLISHED", "RTMP_STREAM_WAIT")],
+                               what="the call to be ESTABLISHED")
         self.assertEqual(len(outputs), 7)
         self.assertEqual(outputs[0], {})
         self.assertEqual([c["callId"] for c in outputs[1]], ["call-1"])
-        self.assertEqual(outputs[1][0]["status"], "PENDING")
+        self.assertEqual((outputs[1][0]["status"], outputs[1][0]["sipStatus"]), ("ESTABLISHED", 200))
+        self.assertIn("m=audio", outputs[1][0]["sdp"])
         self.assertEqual(outputs[3]["rtmpStream"], "copy1")
-        self.assertEqual(outputs[5]["status"], 409)  # DTMF before ESTABLISHED
+        self.assertEqual(outputs[5], {})  # DTMF sent
         self.assertEqual(outputs[6], {})
-        yield wait_for(lambda: len(receiver.statuses("call-1")) >= 3, what="three CallApp events")
-        self.assertEqual(receiver.statuses("call-1"), [("NEW", "RTMP_STREAM_WAIT"), ("PENDING", "RTMP_STREAM_WAIT"),
-                                                       ("FINISH", "RTMP_STREAM_WAIT")])
+        yield wait_for(lambda: receiver.statuses("call-1")[-1:] and receiver.statuses("call-1")[-1][0] == "FINISH",
+                       what="the FINISH event")
+        statuses = [status for status, _ in receiver.statuses("call-1")]
+        self.assertEqual(statuses[:2], ["NEW", "PENDING"])
+        self.assertEqual([s for s in statuses if s not in ("NEW", "PENDING")][0], "TRYING")
+        self.assertEqual(statuses[-1], "FINISH")
+        self.assertIn("RING", statuses)
+        self.assertLess(statuses.index("RING"), statuses.index("ESTABLISHED"))
         self.assertEqual({path for path, _ in receiver.events}, {"/CallApp/CallStatusEvent"})
         final = receiver.events[-1][1]
         self.assertEqual((final["info"], final["appKey"], final["caller"]), ("NORMAL_CALL_CLEARING", "callApp", "10009"))
-        self.assertNotIn("1234", json.dumps([e for _, e in receiver.events]))
+        code = yield sipp.wait_exit(timeout=30)
+        self.assertEqual(code, 0, sipp.describe())
+        self.assertNotIn('"1234"', gateway.output)
 
     @inlineCallbacks
     def test_receiver_down_at_first(self) -> None:
@@ -80,21 +100,22 @@ class GatewayProcessTests(TestCase):
         config = Path(self.mktemp()).resolve()
         config.write_text("callapp_retry_delays=0.3,0.5,1,1,2,2,4,4\n")
         gateway = yield start_gateway(self, ["--rest-port", str(port), "--callapp-url", receiver.url,
-                                             "--config", str(config)])
+                                             "--config", str(config), "--sip-port", "0",
+                                             "--sip-address", "127.0.0.1", "--media-ports", "43000-43099"])
         base = f"http://127.0.0.1:{port}/rest-api"
+        nobody = free_udp_port()  # no SIP peer there: each call fails at once (ICMP port unreachable -> 503)
         for n in range(3):
             code, _ = yield self.post(base + "/call/startup", {"callId": f"late-{n}", "callee": "1",
-                                                               "sipDomain": "127.0.0.1", "sipLogin": "u",
-                                                               "sipPassword": "pw-Zq81x"})
-            self.assertEqual(code, 200)
-            code, _ = yield self.post(base + "/call/terminate", {"callId": f"late-{n}"})
+                                                               "sipDomain": "127.0.0.1", "sipPort": nobody,
+                                                               "sipLogin": "u", "sipPassword": "pw-Zq81x"})
             self.assertEqual(code, 200)
         yield wait_for(lambda: "did not take an event" in gateway.output, what="a failed delivery in the log")
         receiver.start(self)
         for n in range(3):
-            yield wait_for(lambda n=n: len(receiver.statuses(f"late-{n}")) >= 3, timeout=60,
+            yield wait_for(lambda n=n: "FAILED" in [s for s, _ in receiver.statuses(f"late-{n}")], timeout=60,
                            what=f"events of late-{n}")
-            self.assertEqual([s for s, _ in receiver.statuses(f"late-{n}")], ["NEW", "PENDING", "FINISH"])
+            statuses = [s for s, _ in receiver.statuses(f"late-{n}")]
+            self.assertEqual((statuses[:2], statuses[-1]), (["NEW", "PENDING"], "FAILED"))
         self.assertIn("late-2", gateway.output)
         self.assertNotIn("pw-Zq81x", gateway.output)
         self.assertNotIn("pw-Zq81x", json.dumps([e for _, e in receiver.events]))
@@ -131,8 +152,11 @@ class ProductionProfileTests(TestCase):
         """Production: a real TLS handshake against the generated certificate; auth refused, accepted, changed."""
         state = Path(self.mktemp()).resolve()
         http_port, https_port = free_tcp_port(), free_tcp_port()
+        local = Path(self.mktemp()).resolve()
+        local.write_text("rest_address=127.0.0.1\n")  # tests never listen beyond 127.0.0.1
         yield start_gateway(self, ["--profile", "production", "--rest-port", str(http_port), "--https-port",
-                                   str(https_port), "--state-dir", str(state), "--sip-port", "0"])
+                                   str(https_port), "--state-dir", str(state), "--sip-port", "0",
+                                   "--sip-address", "127.0.0.1", "--config", str(local)])
         cert_pem = (state / "tls" / "wcsgw-cert.pem").read_bytes()
         trust = ssl.Certificate.loadPEM(cert_pem)
         pool = HTTPConnectionPool(reactor, persistent=False)
