@@ -422,6 +422,9 @@ class CallMedia:
             params = self.params.get("audio")
             if params is None or params.telephone_event_pt is None:
                 raise CallError("no telephone-event was negotiated for RFC2833 DTMF; use type INFO")
+            if not Direction(params.direction).sends:
+                raise CallError(f"audio is {params.direction} (hasAudio=false or held): RFC2833 DTMF would be "
+                                "RTP we said we would not send; use type INFO")
             protocol = self.protocols["audio"]
             for digit in digits:
                 try:

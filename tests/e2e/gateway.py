@@ -178,3 +178,59 @@ class CallAppReceiver:
     def statuses(self, call_id: str) -> list[tuple[str, str | None]]:
         return [(e["status"], e.get("rtmpStreamStatus")) for _, e in self.events if e.get("callId") == call_id]
 
+
+
+class InProcessGateway:
+    """The gateway's service tree running in the test's own reactor, bound to 127.0.0.1 only.
+
+    Real sockets, real SIP and RTP, real HTTP: only the process boundary is saved, so that a test can also look
+    inside (``service.backend``, ``service.agent``).  ``start`` returns a Deferred that fires once REST listens.
+    """
+
+    def __init__(self, test: TestCase, receiver: CallAppReceiver, **overrides: Any) -> None:
+        from wcsgw import config
+        from wcsgw.tap import GatewayService
+
+        self.rest_port = free_tcp_port()
+        values: dict[str, Any] = {
+            "rest_port": self.rest_port, "sip_port": 0, "ip_local": "127.0.0.1", "ip": "127.0.0.1",
+            "state_dir": test.mktemp(), "callapp_url": receiver.url, "callapp_retry_delays": (0.2, 0.5),
+            "media_port_from": 46000, "media_port_to": 46999,
+        }
+        values.update(overrides)
+        self.settings = config.build_settings(values)
+        self.service = GatewayService(reactor, self.settings)
+        self.base = f"http://127.0.0.1:{self.rest_port}/rest-api"
+        self._pool: Any = None
+        self._test = test
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        import treq
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._http = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+        self.service.startService()
+        self._test.addCleanup(self.stop)
+        yield wait_for(lambda: port_open(self.rest_port), what="the in-process gateway's REST port")
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        if self.service.running:
+            yield self.service.stopService()
+        if self._pool is not None:
+            yield self._pool.closeCachedConnections()
+
+    @inlineCallbacks
+    def post(self, method: str, body: dict[str, Any]) -> Any:
+        import treq
+
+        response = yield self._http.post(f"{self.base}/{method}", data=json.dumps(body).encode())
+        content = yield treq.content(response)
+        return response.code, (json.loads(content) if content else None)
+
+    @inlineCallbacks
+    def find(self, call_id: str) -> Any:
+        code, found = yield self.post("call/find", {"callId": call_id})
+        return found[0] if code == 200 else None
