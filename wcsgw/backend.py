@@ -27,8 +27,9 @@ from wcsgw.rtp.params import (ByeReceived, DtmfReceived, KeyframeNeeded, MediaPa
 from wcsgw.rtp.ports import PortAllocator, PortsExhausted
 from wcsgw.rtp.protocol import MediaStreamProtocol
 from wcsgw.rtp.session import MediaStreamSession
+from wcsgw.rtp.srtp import SUPPORTED_SUITES, CryptoAttribute, generate_crypto
 from wcsgw.sip.protocol import CallHandle, CallStateError, OutgoingCall, SipUserAgent
-from wcsgw.sip.sdp import (DEFAULT_AUDIO_CODECS, DEFAULT_VIDEO_CODECS, Direction, MediaKind, MediaOffer,
+from wcsgw.sip.sdp import (DEFAULT_AUDIO_CODECS, DEFAULT_VIDEO_CODECS, Crypto, Direction, MediaKind, MediaOffer,
                            NegotiatedMedia, SessionOffer, build_answer, build_offer, negotiate, select_codecs)
 from wcsgw.stream import CallStream, StreamOptions
 
@@ -82,8 +83,38 @@ def _ip_or_unspecified(address: str | None) -> str:
     return address or "0.0.0.0"
 
 
-def media_params(media: NegotiatedMedia, we_send: bool) -> MediaParams:
-    """What the RTP session needs about one negotiated m-line; ``we_send`` is hasAudio/hasVideo."""
+SIPS_PREFIX = "sips:"
+
+
+def wants_srtp(settings: Settings, callee: str) -> bool:
+    """SRTP is offered when the settings ask for it, or the callee is written ``sips:NAME``."""
+    return settings.srtp or callee.lower().startswith(SIPS_PREFIX)
+
+
+def sip_callee(callee: str) -> str:
+    """The user part to dial: ``sips:NAME`` asks for SRTP and dials NAME."""
+    return callee[len(SIPS_PREFIX):] if callee.lower().startswith(SIPS_PREFIX) else callee
+
+
+def choose_crypto(ours: tuple[CryptoAttribute, ...], theirs: tuple[Crypto, ...]) -> tuple[CryptoAttribute,
+                                                                                          CryptoAttribute]:
+    """Our key and the far end's for the first of its crypto lines whose suite we offered (we offer one key per
+    suite, so the suite identifies ours, in an answer and in a far-end re-offer alike; RFC 4568 5.1.2)."""
+    for line in theirs:
+        try:
+            remote = CryptoAttribute.parse(str(line))
+        except ValueError:
+            continue
+        local = next((c for c in ours if c.suite == remote.suite), None)
+        if local is not None:
+            return local, remote
+    raise ValueError("the answer accepted none of our SRTP crypto suites")
+
+
+def media_params(media: NegotiatedMedia, we_send: bool,
+                 crypto: tuple[CryptoAttribute, CryptoAttribute] | None = None) -> MediaParams:
+    """What the RTP session needs about one negotiated m-line; ``we_send`` is hasAudio/hasVideo; ``crypto`` our
+    SRTP key and the far end's when SRTP was negotiated."""
     codec = media.codec
     assert codec is not None
     feedback = media.rtcp_fb
@@ -106,6 +137,8 @@ def media_params(media: NegotiatedMedia, we_send: bool) -> MediaParams:
         remote_fir="ccm fir" in feedback,
         remote_pli="nack pli" in feedback,
         remote_nack="nack" in feedback,
+        local_crypto=crypto[0] if crypto else None,
+        remote_crypto=crypto[1] if crypto else None,
     )
 
 
@@ -239,6 +272,7 @@ class CallMedia:
         self.params: dict[str, MediaParams] = {}
         self.stream: CallStream | None = None
         self.local_offer: SessionOffer | None = None
+        self.crypto: dict[str, tuple[CryptoAttribute, ...]] = {}
         self._session_version = 0
         self._inactive: set[str] = set()
         self._established = False
@@ -268,17 +302,22 @@ class CallMedia:
         first_hop = request.sip_outbound_proxy or request.sip_domain
         address = settings.ip or route_address(first_hop, default_public_address(settings))
         rng = self.backend.rng
+        if wants_srtp(settings, request.callee):
+            self.crypto = {kind: tuple(generate_crypto(tag, suite) for tag, suite in enumerate(SUPPORTED_SUITES, 1))
+                           for kind in KINDS}
         media = tuple(
             MediaOffer(kind=MediaKind(kind), port=self.ports[kind][0], rtcp_port=self.ports[kind][1],
                        send=request.has_audio if kind == "audio" else request.has_video,
                        codecs=self.backend.audio_codecs if kind == "audio" else self.backend.video_codecs,
-                       ssrc=rng.getrandbits(32), cname=f"rtp/{kind}/{request.call_id}")
+                       ssrc=rng.getrandbits(32), cname=f"rtp/{kind}/{request.call_id}",
+                       crypto=tuple(Crypto.parse(str(line)) for line in self.crypto.get(kind, ())))
             for kind in KINDS
         )
         self.local_offer = SessionOffer(address=address, media=media, session_id=rng.getrandbits(40),
                                         session_version=0, origin_username="wcsgw")
         outgoing = OutgoingCall(
-            call_id=request.call_id, callee=request.callee, domain=request.sip_domain, login=request.sip_login,
+            call_id=request.call_id, callee=sip_callee(request.callee), domain=request.sip_domain,
+            login=request.sip_login,
             port=request.sip_port, outbound_proxy=request.sip_outbound_proxy,
             auth_name=request.sip_authentication_name, password=request.sip_password,
             display_name=request.visible_name, register_required=request.sip_register_required)
@@ -335,7 +374,8 @@ class CallMedia:
                 self.hangup(CallStatus.FAILED, EndInfo.NO_COMMON_CODECS)
                 return
             request = self.call.request
-            params = {kind: media_params(media, request.has_audio if kind == "audio" else request.has_video)
+            params = {kind: media_params(media, request.has_audio if kind == "audio" else request.has_video,
+                                         choose_crypto(self.crypto[kind], media.crypto) if self.crypto else None)
                       for kind in KINDS if (media := negotiation.get(kind)) is not None}
             for value in params.values():
                 value.validate()

@@ -5,6 +5,8 @@ calls to SIPp far ends; the statuses seen through call/find and through the Call
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 from collections.abc import Generator
 from pathlib import Path
@@ -19,6 +21,7 @@ from tests.e2e.gateway import CallAppReceiver, ChildProcess, InProcessGateway, f
 from tests.e2e.sipp import Sipp, require_sipp
 from wcsgw.rtp.dtmf import TelephoneEvent, event_to_digit
 from wcsgw.rtp.packet import RtpPacket
+from wcsgw.rtp.srtp import AES_CM_128_HMAC_SHA1_80, CryptoAttribute, SrtpContext, generate_crypto
 
 Steps = Generator[Any, Any, None]
 
@@ -313,3 +316,48 @@ class MediaFlowTests(FlowTestCase):
         self.assertEqual(self.events("media-inactive")[-1]["info"], "FAILED_BY_RTP_ACTIVITY")
         code = yield self.far.wait_exit(timeout=20)  # SIPp got our BYE
         self.assertEqual(code, 0, self.far.describe())
+
+    @inlineCallbacks
+    def test_srtp_call_for_sips_callee(self) -> Steps:
+        """A sips: callee gets an SRTP offer (RTP/SAVP, a=crypto for both suites); the far end's SRTP from ffmpeg is
+        decrypted and reaches the stream, and our keep-alive RTP leaves encrypted with the key we offered."""
+        if shutil.which("ffmpeg") is None:
+            raise SkipTest("ffmpeg is not installed")
+        yield self.gateway()
+        collector = RtpCollector()
+        collector.raw = []  # type: ignore[attr-defined]
+        collector.datagramReceived = lambda data, addr: collector.raw.append(data)  # type: ignore
+        listening = reactor.listenUDP(0, collector, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        theirs = generate_crypto(1, AES_CM_128_HMAC_SHA1_80)
+        key = base64.b64encode(theirs.key_salt).decode()
+        yield self.sipp("uas_answer_srtp.xml", variables={"audio_port": str(listening.getHost().port), "key": key})
+        yield self.startup("media-srtp", callee="sips:bob", hasAudio="true")
+        yield self.until("media-srtp", "ESTABLISHED")
+        invite = self.far.messages[self.far.messages.index("INVITE sip:bob@"):]
+        invite = invite[:invite.index("SIP/2.0 100")]  # the INVITE alone, not SIPp's answers
+        self.assertIn("m=audio", invite)
+        self.assertRegex(invite, r"m=audio \d+ RTP/SAVP ")
+        offered = re.findall(r"a=crypto:(\d+ AES_CM_128_HMAC_SHA1_(?:80|32) inline:\S+)", invite)
+        self.assertEqual(len(offered), 4)  # two suites, audio and video
+        ours = CryptoAttribute.parse(offered[0])
+        # Before the far end sends anything (then symmetric RTP would answer to its source), our keep-alive goes
+        # to the SDP address: SRTP with the key we offered.
+        yield wait_for(lambda: len(collector.raw) >= 2, what="our keep-alive")  # type: ignore[attr-defined]
+        context = SrtpContext(local=theirs, remote=ours)
+        packet = RtpPacket.parse(context.unprotect(collector.raw[0]))  # type: ignore[attr-defined]
+        self.assertEqual((packet.payload_type, packet.payload), (0, b"\xff" * 160))
+        self.assertNotIn(b"\xff" * 16, collector.raw[1])  # type: ignore[attr-defined]  # the payload is encrypted
+        media = self.gw.service.backend.calls["media-srtp"]
+        audio_port = media.ports["audio"][0]
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        sender = ChildProcess(["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "sine=f=440:d=3",
+                               "-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1", "-f", "rtp",
+                               "-srtp_out_suite", AES_CM_128_HMAC_SHA1_80, "-srtp_out_params", key,
+                               f"srtp://127.0.0.1:{audio_port}?rtcpport={audio_port + 1}"], cwd=workdir)
+        self.addCleanup(sender.stop)
+        yield wait_for(lambda: media.stream is not None and media.stream.stats.audio_frames_in >= 50,
+                       what="decrypted audio frames")
+        yield self.gw.post("call/terminate", {"callId": "media-srtp"})
+        yield self.until("media-srtp", "FINISH")
