@@ -15,7 +15,7 @@ import base64
 import binascii
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .packet import RtpPacket
 
@@ -62,6 +62,7 @@ class AccessUnit:
     keyframe: bool
     sps: bytes | None
     pps: bytes | None
+    arrival: float = field(default=0.0, compare=False)  # when its last packet arrived (set by the session)
 
     def to_annexb(self) -> bytes:
         """The access unit as an Annex B byte stream (4-byte start codes)."""

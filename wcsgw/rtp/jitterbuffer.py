@@ -31,11 +31,12 @@ _EPSILON = 1e-9  # float slack so a timer firing at next_deadline() always finds
 @dataclass(frozen=True)
 class Released:
     """A packet leaving the buffer: ``lost_before`` packets were given up on just before it; ``reset`` marks the
-    first packet of a new stream (new SSRC or sequence restart)."""
+    first packet of a new stream (new SSRC or sequence restart); ``arrival`` is when the packet came in."""
 
     packet: RtpPacket
     lost_before: int = 0
     reset: bool = False
+    arrival: float = 0.0
 
 
 class JitterBuffer:
@@ -194,9 +195,9 @@ class JitterBuffer:
     def _release_in_order(self, out: list[Released]) -> None:
         assert self._next is not None
         while self._next in self._pending:
-            packet, _ = self._pending.pop(self._next)
+            packet, arrival = self._pending.pop(self._next)
             heapq.heappop(self._heap)
-            out.append(Released(packet, self._lost_accumulated, self._reset_next))
+            out.append(Released(packet, self._lost_accumulated, self._reset_next, arrival))
             self._lost_accumulated = 0
             self._reset_next = False
             self.released += 1

@@ -181,6 +181,7 @@ class AudioFrame:
     timestamp: int
     payload: bytes
     payload_type: int
+    arrival: float = field(default=0.0, compare=False)  # when the packet arrived
 
 
 @dataclass(frozen=True)

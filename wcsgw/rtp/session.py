@@ -378,6 +378,7 @@ class MediaStreamSession:
                 for frame in frames:
                     self._frames_seen = True
                     frame.timestamp = self._unwrapper.unwrap(frame.timestamp)
+                    frame.arrival = item.arrival
                     if frame.keyframe:
                         self._kf_needed = False
                         self._kf_attempts = 0
@@ -386,7 +387,8 @@ class MediaStreamSession:
             elif packet.payload:
                 self.counters.frames += 1
                 self._events.append(
-                    AudioFrame(self._unwrapper.unwrap(packet.timestamp), packet.payload, packet.payload_type)
+                    AudioFrame(self._unwrapper.unwrap(packet.timestamp), packet.payload, packet.payload_type,
+                               item.arrival)
                 )
             else:
                 self.counters.dropped_empty += 1

@@ -9,7 +9,7 @@ whose 15- or 7-bit PictureIDs are consecutive lost nothing that matters and brea
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .packet import RtpPacket
 
@@ -138,6 +138,7 @@ class Vp8Frame:
     picture_id: int | None = None
     width: int | None = None
     height: int | None = None
+    arrival: float = field(default=0.0, compare=False)  # when its last packet arrived (set by the session)
 
 
 def parse_keyframe_size(frame: bytes) -> tuple[int, int] | None:
