@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from wcsgw.calls import Call, CallError, CallManager, CallUnavailable, Destination
 from wcsgw.config import Settings
+from wcsgw.metrics import LATENCY_BUCKETS, SETUP_BUCKETS, Histogram, MediaTotals, media_totals
 from wcsgw.model import CallStatus, EndInfo, RtmpStreamStatus
 from wcsgw.rtp.params import (ByeReceived, DtmfReceived, KeyframeNeeded, MediaParams, RtpInactivity, SessionConfig)
 from wcsgw.rtp.ports import PortAllocator, PortsExhausted
@@ -187,6 +188,9 @@ class GatewayBackend:
             reconnect_delays=settings.rtmp_reconnect_delays,
         )
         self.publisher_factory = publisher_factory
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.setup_time = Histogram(SETUP_BUCKETS)
+        self.ended_totals = MediaTotals()
         self.calls: dict[str, CallMedia] = {}
         self._teardowns: set[Deferred[Any]] = set()
 
@@ -244,6 +248,7 @@ class GatewayBackend:
     def _forget(self, media: CallMedia) -> None:
         if self.calls.get(media.call.call_id) is media:
             del self.calls[media.call.call_id]
+            self.ended_totals.add(media_totals(media))
         done = media.teardown()
         self._teardowns.add(done)
         done.addBoth(lambda result: (self._teardowns.discard(done), result)[1])
@@ -398,7 +403,8 @@ class CallMedia:
             self.stream = CallStream(
                 self.backend.reactor, self.call.stream_name, self.backend.stream_options,
                 audio=self.params.get("audio"), video=self.params.get("video"),
-                request_keyframe=self._request_keyframe,
+                request_keyframe=self._request_keyframe, latency=self.backend.latency,
+                on_first_keyframe=lambda now: self.backend.setup_time.observe(now - self.call.created_at),
                 **({"publisher_factory": self.backend.publisher_factory} if self.backend.publisher_factory else {}))
 
     def _event(self, kind: str, event: Any) -> None:

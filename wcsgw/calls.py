@@ -106,6 +106,7 @@ class Call:
     sdp: str | None = None
     destination: Destination | None = None
     pushes: dict[str, Destination] = dataclasses.field(default_factory=dict)
+    created_at: float = 0.0
     ended_at: float | None = None
     _expiry: IDelayedCall | None = dataclasses.field(default=None, repr=False)
 
@@ -280,7 +281,8 @@ class CallManager:
             raise CallConflict(f"stream {request.to_stream!r} is published by another call")
         if existing is not None:
             self._forget(existing)
-        call = Call(request=request, node_id=self._node_id, destination=destination)
+        call = Call(request=request, node_id=self._node_id, destination=destination,
+                    created_at=self._reactor.seconds())
         self._calls[call.call_id] = call
         if destination is not None:
             self._register_destination(call, destination)

@@ -13,6 +13,7 @@ runs in ``TranscodeWorker`` threads; H.264 and, when configured, G.711/Speex pas
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,7 +98,12 @@ class CallStream:
         video: MediaParams | None,
         request_keyframe: Callable[[], None],
         publisher_factory: PublisherFactory = RtmpPublisher,
+        latency: Any = None,
+        on_first_keyframe: Callable[[float], None] | None = None,
     ) -> None:
+        """``latency`` (a ``wcsgw.metrics.Histogram``) gets, for each tag written to an active destination, the
+        seconds since the RTP packet that completed its frame arrived; ``on_first_keyframe(now)`` is called when
+        the first keyframe is written to an active destination."""
         self._reactor = reactor
         self.name = name
         self._options = options
@@ -117,6 +123,11 @@ class CallStream:
         self._video_worker: TranscodeWorker[EncodedVideo] | None = None
         self._audio_passthrough = False
         self._stopped = False
+        self._latency = latency
+        self._on_first_keyframe = on_first_keyframe
+        # (timestamp ms, arrival) of what went into each worker, to time what comes out of it
+        self._arrivals: dict[str, collections.deque[tuple[int, float]]] = {
+            AUDIO: collections.deque(maxlen=512), VIDEO: collections.deque(maxlen=512)}
         self._setup_audio()
         self._setup_video()
         self._metadata = flv.metadata_tag(self._metadata_fields())
@@ -206,6 +217,12 @@ class CallStream:
     def destinations(self) -> dict[str, Any]:
         return dict(self._destinations)
 
+    def publishers(self) -> list[Any]:
+        return list(self._destinations.values())
+
+    def workers(self) -> list[TranscodeWorker[Any]]:
+        return [w for w in (self._audio_worker, self._video_worker) if w is not None]
+
     def request_keyframe(self) -> None:
         """A destination needs a keyframe: from the encoder when we re-encode, else from the far end."""
         self.stats.keyframe_requests += 1
@@ -250,9 +267,12 @@ class CallStream:
                 tag = flv.pcma_audio_tag(timestamp, frame.payload)
             else:
                 tag = flv.speex_audio_tag(timestamp, frame.payload)
-            self._emit(tag)
-        elif self._audio_worker is not None and not self._audio_worker.submit(MediaInput(frame.payload, timestamp)):
-            self.stats.audio_dropped += 1
+            self._emit(tag, frame.arrival)
+        elif self._audio_worker is not None:
+            if self._audio_worker.submit(MediaInput(frame.payload, timestamp)):
+                self._arrivals[AUDIO].append((timestamp, frame.arrival))
+            else:
+                self.stats.audio_dropped += 1
 
     def _h264_in(self, unit: AccessUnit, now: float) -> None:
         if self._video is None:
@@ -260,33 +280,46 @@ class CallStream:
         self.stats.video_frames_in += 1
         timestamp = self.clock.timestamp_ms(VIDEO, unit.timestamp, now)
         if self._video_worker is not None:
-            self._submit_video(MediaInput(list(unit.nal_units), timestamp, unit.keyframe))
+            self._submit_video(MediaInput(list(unit.nal_units), timestamp, unit.keyframe), unit.arrival)
             return
-        self._video_access_unit(timestamp, unit.nal_units, unit.keyframe)
+        self._video_access_unit(timestamp, unit.nal_units, unit.keyframe, unit.arrival)
 
     def _vp8_in(self, frame: Vp8Frame, now: float) -> None:
         if self._video is None or self._video_worker is None:
             return
         self.stats.video_frames_in += 1
         timestamp = self.clock.timestamp_ms(VIDEO, frame.timestamp, now)
-        self._submit_video(MediaInput(frame.data, timestamp, frame.keyframe))
+        self._submit_video(MediaInput(frame.data, timestamp, frame.keyframe), frame.arrival)
 
-    def _submit_video(self, item: MediaInput) -> None:
+    def _submit_video(self, item: MediaInput, arrival: float) -> None:
         assert self._video_worker is not None
-        if not self._video_worker.submit(item):
+        if self._video_worker.submit(item):
+            self._arrivals[VIDEO].append((int(item.timestamp_ms), arrival))
+        else:
             self.stats.video_dropped += 1
+
+    def _arrival_of(self, kind: str, end_ms: float) -> float:
+        """When the last input that went into a worker output ending at ``end_ms`` arrived (0.0: unknown)."""
+        arrivals = self._arrivals[kind]
+        arrival = 0.0
+        while arrivals and arrivals[0][0] < end_ms:
+            arrival = arrivals.popleft()[1]
+        return arrival
 
     # -- media out ------------------------------------------------------------------------------------------
 
     def _audio_out(self, encoded: EncodedAudio) -> None:
         if not self._stopped:
-            self._emit(flv.aac_audio_tag(encoded.timestamp_ms, encoded.data))
+            end = encoded.timestamp_ms + 1024_000 / encoded.sample_rate  # an AAC frame is 1024 samples
+            self._emit(flv.aac_audio_tag(encoded.timestamp_ms, encoded.data), self._arrival_of(AUDIO, end))
 
     def _video_out(self, encoded: EncodedVideo) -> None:
         if not self._stopped:
-            self._video_access_unit(encoded.timestamp_ms, encoded.nal_units, encoded.keyframe)
+            arrival = self._arrival_of(VIDEO, encoded.timestamp_ms + 0.5)
+            self._video_access_unit(encoded.timestamp_ms, encoded.nal_units, encoded.keyframe, arrival)
 
-    def _video_access_unit(self, timestamp: int, nal_units: Sequence[bytes], keyframe: bool) -> None:
+    def _video_access_unit(self, timestamp: int, nal_units: Sequence[bytes], keyframe: bool,
+                           arrival: float = 0.0) -> None:
         """H.264 NAL units to FLV: parameter sets go into the sequence header (re-sent when they change)."""
         sps = next((n for n in nal_units if n and n[0] & 0x1F == NAL_TYPE_SPS), None)
         pps = next((n for n in nal_units if n and n[0] & 0x1F == NAL_TYPE_PPS), None)
@@ -304,14 +337,23 @@ class CallStream:
         if keyframe:
             self.stats.keyframes_out += 1
         self.stats.last_video_ms = timestamp
-        self._emit(flv.avc_video_tag(timestamp, body, keyframe))
+        self._emit(flv.avc_video_tag(timestamp, body, keyframe), arrival)
 
-    def _emit(self, tag: FlvTag) -> None:
+    def _emit(self, tag: FlvTag, arrival: float = 0.0) -> None:
         self.stats.tags_out += 1
         if tag.tag_type == flv.TagType.AUDIO and not tag.is_sequence_header:
             self.stats.last_audio_ms = tag.timestamp_ms
-        for publisher in list(self._destinations.values()):
+        publishers = list(self._destinations.values())
+        for publisher in publishers:
             publisher.write(tag)
+        if tag.is_sequence_header or not any(getattr(p, "active", False) for p in publishers):
+            return
+        now = self._reactor.seconds()
+        if arrival and self._latency is not None:
+            self._latency.observe(max(0.0, now - arrival))
+        if tag.is_keyframe and self._on_first_keyframe is not None:
+            callback, self._on_first_keyframe = self._on_first_keyframe, None
+            callback(now)
 
     # -- end ------------------------------------------------------------------------------------------------
 

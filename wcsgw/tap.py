@@ -20,6 +20,7 @@ from wcsgw import config
 from wcsgw.backend import GatewayBackend, default_public_address
 from wcsgw.calls import CallManager, new_node_id
 from wcsgw.events import CallAppNotifier, TreqPoster
+from wcsgw.metrics import ReactorLagMonitor, render
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
 from wcsgw.rest.tls import certificate_paths, server_context
@@ -119,7 +120,8 @@ class GatewayService(service.MultiService):
         credentials = None
         if settings.production:
             credentials = CredentialStore(state_dir / CREDENTIALS_FILE, reactor)
-        self.api = RestApi(self.manager, reactor, default_dtmf=settings.dtmf)
+        self.lag = ReactorLagMonitor(reactor)
+        self.api = RestApi(self.manager, reactor, default_dtmf=settings.dtmf, metrics=lambda: render(self))
         site = Site(ApiResource(self.api.app.resource(), reactor, credentials))
         site.displayTracebacks = False
         bind = settings.rest_bind_address
@@ -138,12 +140,14 @@ class GatewayService(service.MultiService):
         log.info("wcsgw starting: profile {profile}, REST http://{address}:{port}/rest-api",
                  profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
         self.agent.start()
+        self.lag.start()
         super().startService()
 
     @inlineCallbacks
     def stopService(self) -> Any:
         """Stop taking requests, hang up every call (BYE/CANCEL), let the last events go, close everything."""
         yield super().stopService()
+        self.lag.stop()
         yield self.backend.stop()
         self.manager.stop()
         drained = self.notifier.when_idle()

@@ -20,6 +20,7 @@ import av
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
@@ -69,14 +70,17 @@ def make_clip(workdir: Path, video: str, audio: str) -> tuple[list[list[str]], P
     ], video_file, audio_file)
 
 
-def send_rtp(video_file: Path, audio_file: Path, ports: dict[str, int], video_pt: int, audio_pt: int) -> list[str]:
-    """ffmpeg arguments that loop the clip as RTP (with RTCP sender reports) into the offered ports."""
+def send_rtp(video_file: Path, audio_file: Path, ports: dict[str, int], video_pt: int, audio_pt: int,
+             rtcp_ports: dict[str, int] | None = None) -> list[str]:
+    """ffmpeg arguments that loop the clip as RTP (with RTCP sender reports) into the offered ports (RTCP to
+    port + 1 unless ``rtcp_ports`` says otherwise)."""
+    rtcp = rtcp_ports or {kind: port + 1 for kind, port in ports.items()}
     return ["-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video_file),
             "-re", "-stream_loop", "-1", "-i", str(audio_file),
             "-map", "0:v", "-c", "copy", "-payload_type", str(video_pt), "-ssrc", "1111", "-f", "rtp",
-            f"rtp://127.0.0.1:{ports['video']}?rtcpport={ports['video'] + 1}",
+            f"rtp://127.0.0.1:{ports['video']}?rtcpport={rtcp['video']}",
             "-map", "1:a", "-c", "copy", "-payload_type", str(audio_pt), "-ssrc", "2222", "-f", "rtp",
-            f"rtp://127.0.0.1:{ports['audio']}?rtcpport={ports['audio'] + 1}"]
+            f"rtp://127.0.0.1:{ports['audio']}?rtcpport={rtcp['audio']}"]
 
 
 def analyse(data: bytes) -> dict[str, Any]:
@@ -205,24 +209,20 @@ class CallToRtmpTests(TestCase):
             self.assertEqual(code, 200)
             pushes.append(push["mediaSessionId"])
 
-        def pushes_active() -> bool:
-            return all(m in self._active_pushes for m in pushes)
-
-        self._active_pushes: set[str] = set()
-
         @inlineCallbacks
-        def poll_pushes() -> Any:
+        def pushes_active() -> Any:
+            statuses = []
             for media_session_id in pushes:
                 code, found = yield self.post("push/find", {"mediaSessionId": media_session_id})
-                if code == 200 and found[0]["status"] == "RTMP_STREAM_ACTIVE":
-                    self._active_pushes.add(media_session_id)
+                statuses.append(found[0]["status"] if code == 200 else None)
+            return statuses == ["RTMP_STREAM_ACTIVE"] * len(pushes)
 
         for _ in range(300):
-            yield poll_pushes()
-            if pushes_active():
+            active = yield pushes_active()
+            if active:
                 break
-            yield wait_for(lambda: True)
-        self.assertTrue(pushes_active(), "pushes did not become active")
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(active, "pushes did not become active")
 
         main = yield self.record(workdir, "call_h264")
         self.assertEqual(main["streams"], {"video": "h264", "audio": "aac"})
@@ -231,7 +231,7 @@ class CallToRtmpTests(TestCase):
         self.assertGreaterEqual(len(main["drifts"]), 4, main)
         self.assertLess(max(abs(d) for d in main["drifts"]), 40, main["drifts"])
         for name in ("copy_a", "copy_b"):
-            copy = yield self.record(workdir, name, seconds=3)
+            copy = yield self.record(workdir, name, seconds=4)
             self.assertEqual(copy["streams"], {"video": "h264", "audio": "aac"})
             self.assertEqual(copy["errors"], [])
             self.assertGreaterEqual(copy["video_frames"], 2 * FPS)

@@ -12,6 +12,7 @@ import binascii
 import json
 import secrets
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
@@ -64,10 +65,12 @@ class RestApi:
 
     app = Klein()
 
-    def __init__(self, manager: CallManager, reactor: IReactorTime, *, default_dtmf: str = "RFC2833") -> None:
+    def __init__(self, manager: CallManager, reactor: IReactorTime, *, default_dtmf: str = "RFC2833",
+                 metrics: Callable[[], str] | None = None) -> None:
         self._manager = manager
         self._reactor = reactor
         self._default_dtmf = default_dtmf.upper()
+        self._metrics = metrics
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -111,6 +114,16 @@ class RestApi:
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("REST {path} failed", failure, path=_path(request))
         return self._error(request, 500, "internal error")
+
+    # -- metrics ------------------------------------------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Counters in the Prometheus text format (behind the same auth as the REST API)."""
+        if self._metrics is None:
+            raise ApiError(404, "metrics are not available")
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self._metrics().encode("utf-8")
 
     # -- calls --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,291 @@
+"""
+Counters for ``GET /metrics`` in the Prometheus text format (version 0.0.4).
+
+Live calls are read when scraped (their sessions, streams, workers and publishers); what ended calls counted is
+folded into running totals when they end, so every ``_total`` stays monotonic.  Latency, call set-up time and
+reactor lag are histograms, with quantiles over the most recent samples alongside.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+SETUP_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+class Histogram:
+    """Cumulative buckets, sum and count, plus the last ``window`` samples for quantiles."""
+
+    def __init__(self, buckets: Sequence[float], window: int = 10000) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.count = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        self._recent.append(value)
+        for index, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[index] += 1
+                break
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of the recent samples (nearest rank), or None without samples."""
+        if not self._recent:
+            return None
+        ordered = sorted(self._recent)
+        rank = min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))
+        return ordered[rank]
+
+    def lines(self, name: str) -> list[str]:
+        out = []
+        running = 0
+        for bound, count in zip(self.buckets, self.counts):
+            running += count
+            out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        out.append(f"{name}_sum {self.sum:.6f}")
+        out.append(f"{name}_count {self.count}")
+        return out
+
+
+class ReactorLagMonitor:
+    """Measures how late the reactor runs a call scheduled every ``interval`` seconds."""
+
+    def __init__(self, reactor: Any, interval: float = 0.1) -> None:
+        self._reactor = reactor
+        self.interval = interval
+        self.histogram = Histogram(LAG_BUCKETS, window=3000)
+        self.last = 0.0
+        self.max = 0.0
+        self._expected: float | None = None
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._expected = None
+            self._loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        now = self._reactor.seconds()
+        if self._expected is not None:
+            self.last = max(0.0, now - self._expected)
+            self.max = max(self.max, self.last)
+            self.histogram.observe(self.last)
+        self._expected = now + self.interval
+
+
+@dataclasses.dataclass
+class MediaTotals:
+    """What ended calls' media counted (added to the live calls' counts at scrape time)."""
+
+    rtp_packets: int = 0
+    rtp_bytes: int = 0
+    rtp_lost: int = 0
+    rtp_late: int = 0
+    rtp_dropped: int = 0
+    frames: int = 0
+    keyframe_requests: int = 0
+    rtmp_bytes: int = 0
+    rtmp_dropped_video: int = 0
+    rtmp_dropped_audio: int = 0
+    rtmp_reconnects: int = 0
+    worker_dropped: int = 0
+    stream_dropped: int = 0
+
+    def add(self, other: MediaTotals) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def session_counts(session: Any) -> dict[str, float]:
+    """Packets, bytes, lost, late, dropped, jitter (seconds), frames and keyframe requests of one RTP session."""
+    stats = list(session.stats.values())
+    counters = session.counters
+    dropped = (counters.dropped_unexpected_source + counters.dropped_srtp + counters.dropped_malformed
+               + counters.dropped_payload_type + counters.dropped_not_receiving + counters.dropped_out_of_range)
+    clock_rate = session.params.clock_rate or 1
+    return {
+        "packets": counters.rtp_accepted,
+        "bytes": sum(s.octets for s in stats),
+        "lost": max(0, sum(s.lost for s in stats)),
+        "late": counters.dropped_late + sum(s.late for s in stats),
+        "dropped": dropped,
+        "jitter": max((s.jitter for s in stats), default=0.0) / clock_rate,
+        "frames": counters.frames,
+        "keyframe_requests": counters.keyframe_requests,
+    }
+
+
+def media_totals(media: Any) -> MediaTotals:
+    """A call's media counts, as ``MediaTotals``."""
+    totals = MediaTotals()
+    for protocol in media.protocols.values():
+        if protocol.session is None:
+            continue
+        counts = session_counts(protocol.session)
+        totals.rtp_packets += int(counts["packets"])
+        totals.rtp_bytes += int(counts["bytes"])
+        totals.rtp_lost += int(counts["lost"])
+        totals.rtp_late += int(counts["late"])
+        totals.rtp_dropped += int(counts["dropped"])
+        totals.frames += int(counts["frames"])
+        totals.keyframe_requests += int(counts["keyframe_requests"])
+    stream = media.stream
+    if stream is not None:
+        totals.stream_dropped += stream.stats.audio_dropped + stream.stats.video_dropped
+        for worker in stream.workers():
+            totals.worker_dropped += worker.counters.dropped
+        for publisher in stream.publishers():
+            totals.rtmp_bytes += publisher.stats.bytes_sent
+            totals.rtmp_dropped_video += publisher.stats.dropped_video_frames
+            totals.rtmp_dropped_audio += publisher.stats.dropped_audio_frames
+            totals.rtmp_reconnects += publisher.stats.reconnects
+    return totals
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            self.lines.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
+
+    def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} histogram")
+        self.lines.extend(histogram.lines(name))
+        quantiles = [(q, histogram.quantile(q)) for q in QUANTILES]
+        self.metric(f"{name}_recent", "gauge", f"quantiles of the last samples of {name}",
+                    [(f'{{quantile="{q:g}"}}', value) for q, value in quantiles if value is not None])
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(gateway: Any) -> str:
+    """The whole /metrics page of a ``GatewayService``."""
+    from wcsgw.model import CallStatus
+
+    manager, backend, agent, notifier = gateway.manager, gateway.backend, gateway.agent, gateway.notifier
+    out = _Writer()
+    by_status = collections.Counter(call.status for call in manager.find())
+    out.metric("wcsgw_calls", "gauge", "calls known to the gateway (live and recently ended), by status",
+               [(f'{{status="{s.value}"}}', by_status.get(s, 0)) for s in CallStatus])
+    stats = backend.stats
+    out.metric("wcsgw_calls_started_total", "counter", "calls dialled", [("", stats.calls_started)])
+    out.metric("wcsgw_calls_refused_total", "counter", "calls refused (no media ports, SIP not running)",
+               [("", stats.calls_refused)])
+    out.metric("wcsgw_media_ports_in_use", "gauge", "RTP/RTCP port pairs in use or in quarantine",
+               [("", backend.allocator.in_use)])
+    out.metric("wcsgw_media_ports_capacity", "gauge", "RTP/RTCP port pairs in the range",
+               [("", backend.allocator.capacity)])
+
+    live = list(backend.calls.values())
+    totals = MediaTotals()
+    totals.add(backend.ended_totals)
+    per_call: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
+    for media in live:
+        totals.add(media_totals(media))
+        call_id = _label(media.call_id)
+        for kind, protocol in media.protocols.items():
+            if protocol.session is None:
+                continue
+            labels = f'{{call_id="{call_id}",kind="{kind}"}}'
+            for key, value in session_counts(protocol.session).items():
+                per_call[key].append((labels, value))
+        if media.stream is not None:
+            for worker in media.stream.workers():
+                labels = f'{{call_id="{call_id}",worker="{_label(worker.name)}"}}'
+                per_call["worker_queue"].append((labels, worker.queue_depth))
+                per_call["worker_dropped"].append((labels, worker.counters.dropped))
+            for key, publisher in media.stream.destinations().items():
+                labels = f'{{call_id="{call_id}",media_session_id="{_label(key)}"}}'
+                per_call["rtmp_bytes"].append((labels, publisher.stats.bytes_sent))
+                per_call["rtmp_dropped"].append((labels, publisher.stats.dropped_video_frames
+                                                 + publisher.stats.dropped_audio_frames))
+                per_call["rtmp_reconnects"].append((labels, publisher.stats.reconnects))
+
+    out.metric("wcsgw_rtp_packets_received_total", "counter", "RTP packets accepted, all calls",
+               [("", totals.rtp_packets)])
+    out.metric("wcsgw_rtp_bytes_received_total", "counter", "RTP payload octets received, all calls",
+               [("", totals.rtp_bytes)])
+    out.metric("wcsgw_rtp_packets_lost_total", "counter", "RTP packets lost (RFC 3550), all calls",
+               [("", totals.rtp_lost)])
+    out.metric("wcsgw_rtp_packets_late_total", "counter", "RTP packets that came after their frame was released",
+               [("", totals.rtp_late)])
+    out.metric("wcsgw_rtp_packets_dropped_total", "counter",
+               "RTP packets dropped: malformed, unexpected source, SRTP failure, payload type, out of range",
+               [("", totals.rtp_dropped)])
+    out.metric("wcsgw_frames_assembled_total", "counter", "audio and video frames out of the depacketizers",
+               [("", totals.frames)])
+    out.metric("wcsgw_keyframe_requests_total", "counter", "keyframe requests sent (RTCP PLI/FIR)",
+               [("", totals.keyframe_requests)])
+    out.metric("wcsgw_keyframe_requests_sip_info_total", "counter", "SIP INFO picture_fast_update sent",
+               [("", stats.keyframe_requests_sip_info)])
+    out.metric("wcsgw_rtmp_bytes_sent_total", "counter", "bytes written to RTMP servers", [("", totals.rtmp_bytes)])
+    out.metric("wcsgw_rtmp_dropped_frames_total", "counter", "frames not sent to RTMP (waiting, back-pressure)",
+               [('{kind="video"}', totals.rtmp_dropped_video), ('{kind="audio"}', totals.rtmp_dropped_audio)])
+    out.metric("wcsgw_rtmp_reconnects_total", "counter", "RTMP connection attempts after the first",
+               [("", totals.rtmp_reconnects)])
+    out.metric("wcsgw_worker_dropped_total", "counter", "media items a full transcoding queue refused",
+               [("", totals.worker_dropped)])
+
+    out.metric("wcsgw_call_rtp_packets", "gauge", "RTP packets accepted by a live call", per_call["packets"])
+    out.metric("wcsgw_call_rtp_bytes", "gauge", "RTP payload octets of a live call", per_call["bytes"])
+    out.metric("wcsgw_call_rtp_lost", "gauge", "RTP packets lost by a live call", per_call["lost"])
+    out.metric("wcsgw_call_rtp_late", "gauge", "late RTP packets of a live call", per_call["late"])
+    out.metric("wcsgw_call_rtp_jitter_seconds", "gauge", "interarrival jitter (RFC 3550 A.8) of a live call",
+               per_call["jitter"])
+    out.metric("wcsgw_call_frames", "gauge", "frames assembled by a live call", per_call["frames"])
+    out.metric("wcsgw_call_keyframe_requests", "gauge", "keyframe requests of a live call",
+               per_call["keyframe_requests"])
+    out.metric("wcsgw_worker_queue_depth", "gauge", "items waiting in a transcoding worker", per_call["worker_queue"])
+    out.metric("wcsgw_call_worker_dropped", "gauge", "items a worker of a live call dropped",
+               per_call["worker_dropped"])
+    out.metric("wcsgw_call_rtmp_bytes", "gauge", "bytes a live call's destination wrote", per_call["rtmp_bytes"])
+    out.metric("wcsgw_call_rtmp_dropped", "gauge", "frames a live call's destination dropped",
+               per_call["rtmp_dropped"])
+    out.metric("wcsgw_call_rtmp_reconnects", "gauge", "reconnect attempts of a live call's destination",
+               per_call["rtmp_reconnects"])
+
+    out.histogram("wcsgw_rtp_to_rtmp_latency_seconds",
+                  "from the arrival of the RTP packet completing a frame to its FLV tag written to RTMP",
+                  backend.latency)
+    out.histogram("wcsgw_call_setup_seconds", "from call/startup to the first keyframe written to RTMP",
+                  backend.setup_time)
+    out.histogram("wcsgw_reactor_lag_seconds", "how late the reactor ran a call scheduled every 100 ms",
+                  gateway.lag.histogram)
+    out.metric("wcsgw_reactor_lag_max_seconds", "gauge", "largest reactor lag seen", [("", gateway.lag.max)])
+
+    for name, value in sorted(agent.counters.items()):
+        out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",
+                   [("", value)])
+    notifier_stats = notifier.stats
+    out.metric("wcsgw_callapp_events_total", "counter", "CallApp events by outcome",
+               [(f'{{outcome="{field.name}"}}', getattr(notifier_stats, field.name))
+                for field in dataclasses.fields(notifier_stats)])
+    return out.text()
