@@ -200,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
             "public address written into SDP and Contact; empty: the local address that routes to the far end",
             "public-address"),
     Setting("sip_port", _parse_int(0, 65535), 5060, "UDP port of the SIP user agent", "sip-port"),
-    Setting("user_agent", _parse_text, "wcsgw/0.1", "User-Agent header of SIP requests and o= line of SDP"),
+    Setting("user_agent", _parse_text, "wcsgw/0.1", "User-Agent header of SIP requests"),
     Setting("media_port_from", _parse_int(1024, 65534), 31001, "first UDP port of the RTP/RTCP range"),
     Setting("media_port_to", _parse_int(1025, 65535), 32000, "last UDP port of the RTP/RTCP range"),
     Setting("codecs", _parse_codecs, KNOWN_CODECS,
