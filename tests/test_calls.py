@@ -79,13 +79,14 @@ class StartupTests(ManagerTestCase):
         self.manager.startup(request("c2", rtmp_stream="s-c1x"))
 
     def test_refused_by_backend(self) -> None:
-        """A backend refusal (ports exhausted) is raised to the REST layer and ends the call FAILED."""
+        """A backend refusal (ports exhausted) is raised to the REST layer; no call is left, no event sent."""
         self.backend.refuse = CallUnavailable("media port range exhausted")
         with self.assertRaises(CallUnavailable):
             self.manager.startup(request("c1"))
-        self.assertEqual(self.manager.get("c1").status, CallStatus.FAILED)
+        self.assertIsNone(self.manager.get("c1"))
+        self.assertEqual(self.sink.events, [])
         self.backend.refuse = None
-        self.manager.startup(request("c2", rtmp_stream="s-c1"))
+        self.manager.startup(request("c1"))
 
     def test_same_to_stream_conflicts(self) -> None:
         """Two live calls cannot publish the same toStream (pushes address streams by name)."""

@@ -286,16 +286,18 @@ class CallManager:
         self._calls[call.call_id] = call
         if destination is not None:
             self._register_destination(call, destination)
-        self._notify(call)
-        log.info("call {call_id} to {callee}@{domain} accepted", call_id=call.call_id,
-                 callee=request.callee, domain=request.sip_domain)
-        self._set_status(call, CallStatus.PENDING)
         if self.backend is not None:
             try:
                 self.backend.start_call(call)
             except CallError:
-                self._end(call, CallStatus.FAILED, EndInfo.FAILED_BY_ERROR)
+                # Refused before anything was sent (no media ports, SIP not running): no call, no events.
+                self._forget(call)
                 raise
+        log.info("call {call_id} to {callee}@{domain} accepted", call_id=call.call_id,
+                 callee=request.callee, domain=request.sip_domain)
+        self._notify(call)
+        if call.status is CallStatus.NEW:
+            self._set_status(call, CallStatus.PENDING)
         return call
 
     def get(self, call_id: str) -> Call | None:
