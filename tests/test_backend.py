@@ -205,3 +205,22 @@ class RouteAddressTests(SynchronousTestCase):
         """A host name is not resolved: the fallback is used."""
         self.assertEqual(route_address("sip.example.com", "192.0.2.55"), "192.0.2.55")
         self.assertEqual(route_address("", "192.0.2.55"), "192.0.2.55")
+
+
+class CryptoChoiceTests(SynchronousTestCase):
+    def test_answer_picks_our_key_by_suite(self) -> None:
+        """The far end's crypto line selects our key of the same suite; SRTP keys pair (ours, theirs)."""
+        from wcsgw.backend import choose_crypto, sip_callee, wants_srtp
+        from wcsgw.config import build_settings
+        from wcsgw.rtp.srtp import AES_CM_128_HMAC_SHA1_32, AES_CM_128_HMAC_SHA1_80, CryptoAttribute, generate_crypto
+        from wcsgw.sip.sdp import Crypto
+
+        ours = (generate_crypto(1, AES_CM_128_HMAC_SHA1_80), generate_crypto(2, AES_CM_128_HMAC_SHA1_32))
+        theirs = generate_crypto(7, AES_CM_128_HMAC_SHA1_32)
+        local, remote = choose_crypto(ours, (Crypto.parse(str(theirs)),))
+        self.assertEqual((local, remote), (ours[1], CryptoAttribute.parse(str(theirs))))
+        with self.assertRaises(ValueError):
+            choose_crypto(ours[:1], (Crypto.parse(str(theirs)),))
+        self.assertEqual((sip_callee("sips:bob"), sip_callee("bob")), ("bob", "bob"))
+        self.assertEqual((wants_srtp(build_settings(), "sips:bob"), wants_srtp(build_settings(), "bob"),
+                          wants_srtp(build_settings({"srtp": True}), "bob")), (True, False, True))
