@@ -21,7 +21,7 @@ setup(
         "av>=12",
     ],
     extras_require={
-        "test": ["hypothesis>=6.90"],
+        "test": ["hypothesis>=6.90", "numpy>=1.24"],
     },
     entry_points={
         "console_scripts": ["wcsgw-passwd = wcsgw.passwd:main"],
