@@ -18,11 +18,11 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest
 
-from tests.e2e.gateway import CallAppReceiver, ChildProcess, InProcessGateway, free_tcp_port, wait_for
+from tests.e2e.gateway import ChildProcess, free_tcp_port, wait_for
 from tests.e2e.nginx import NginxRtmp
-from tests.e2e.sipp import Sipp, require_sipp
+from tests.e2e.flows import FlowTestCase
 from tests.e2e.test_call_to_rtmp import FFMPEG, analyse, make_clip, send_rtp
 
 Steps = Generator[Any, Any, None]
@@ -62,56 +62,9 @@ def stat_codecs(xml: bytes, name: str, app: str = "live") -> tuple[str | None, s
     raise AssertionError(f"no stream {name!r} in rtmp_stat")
 
 
-class EdgeTestCase(TestCase):
-    timeout = 90
-
-    def setUp(self) -> None:
-        require_sipp()
-        self.receiver = CallAppReceiver()
-        self.receiver.start(self)
-
-    @inlineCallbacks
-    def gateway(self, **overrides: Any) -> Any:
-        settings = dict(MEDIA_PORTS)
-        settings.update(overrides)
-        gateway = InProcessGateway(self, self.receiver, **settings)
-        yield gateway.start()
-        self.gw = gateway
-        return gateway
-
-    @inlineCallbacks
-    def sipp(self, scenario: str, **kwargs: Any) -> Any:
-        sipp = Sipp(reactor, scenario, workdir=self.mktemp(), **kwargs)
-        self.addCleanup(sipp.stop)
-        yield sipp.start()
-        self.far = sipp
-        return sipp
-
-    def body(self, call_id: str, **fields: Any) -> dict[str, Any]:
-        body = {"callId": call_id, "callee": "bob", "sipDomain": "127.0.0.1", "sipPort": self.far.port,
-                "sipLogin": "alice", "hasAudio": "false", "hasVideo": "false"}
-        body.update(fields)
-        return body
-
-    @inlineCallbacks
-    def startup(self, call_id: str, **fields: Any) -> Any:
-        code, answer = yield self.gw.post("call/startup", self.body(call_id, **fields))
-        self.assertEqual((code, answer), (200, {}))
-
-    def statuses(self, call_id: str) -> list[str]:
-        return [status for status, _ in self.receiver.statuses(call_id)]
-
-    def events(self, call_id: str) -> list[dict[str, Any]]:
-        return [event for _, event in self.receiver.events if event["callId"] == call_id]
-
-    @inlineCallbacks
-    def until(self, call_id: str, status: str, timeout: float = 30) -> Steps:
-        yield wait_for(lambda: status in self.statuses(call_id), timeout=timeout, what=f"{call_id} {status}")
-
-    @inlineCallbacks
-    def far_end_passed(self, timeout: float = 20) -> Steps:
-        code = yield self.far.wait_exit(timeout=timeout)
-        self.assertEqual(code, 0, self.far.describe())
+class EdgeTestCase(FlowTestCase):
+    gateway_settings = dict(MEDIA_PORTS)
+    call_fields = {"callee": "bob", "sipLogin": "alice", "hasAudio": "false", "hasVideo": "false"}
 
     def far_end_received(self) -> list[str]:
         return [line.split()[0] for line in self.far.start_lines("received")]

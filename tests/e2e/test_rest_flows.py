@@ -15,72 +15,22 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest
 
-from tests.e2e.gateway import CallAppReceiver, ChildProcess, InProcessGateway, free_udp_port, wait_for
-from tests.e2e.sipp import Sipp, require_sipp
+from tests.e2e.flows import FlowTestCase, lose_first
+from tests.e2e.gateway import ChildProcess, free_udp_port, wait_for
 from wcsgw.rtp.dtmf import TelephoneEvent, event_to_digit
 from wcsgw.rtp.packet import RtpPacket
 from wcsgw.rtp.srtp import AES_CM_128_HMAC_SHA1_80, CryptoAttribute, SrtpContext, generate_crypto
 
 Steps = Generator[Any, Any, None]
 
-
-class FlowTestCase(TestCase):
-    timeout = 90
-
-    def setUp(self) -> None:
-        require_sipp()
-        self.receiver = CallAppReceiver()
-        self.receiver.start(self)
-
-    @inlineCallbacks
-    def gateway(self, **overrides: Any) -> Any:
-        gateway = InProcessGateway(self, self.receiver, **overrides)
-        yield gateway.start()
-        self.gw = gateway
-        return gateway
-
-    @inlineCallbacks
-    def sipp(self, scenario: str, **kwargs: Any) -> Any:
-        sipp = Sipp(reactor, scenario, workdir=self.mktemp(), **kwargs)
-        self.addCleanup(sipp.stop)
-        yield sipp.start()
-        self.far = sipp
-        return sipp
-
-    @inlineCallbacks
-    def startup(self, call_id: str, **fields: Any) -> Any:
-        body = {"callId": call_id, "callee": "bob", "sipDomain": "127.0.0.1", "sipPort": self.far.port,
-                "sipLogin": "alice", "sipPassword": "secret", "visibleName": "Alice"}
-        body.update(fields)
-        code, answer = yield self.gw.post("call/startup", body)
-        self.assertEqual((code, answer), (200, {}))
-
-    def statuses(self, call_id: str) -> list[str]:
-        return [status for status, _ in self.receiver.statuses(call_id)]
-
-    def events(self, call_id: str) -> list[dict[str, Any]]:
-        return [event for _, event in self.receiver.events if event["callId"] == call_id]
-
-    @inlineCallbacks
-    def until(self, call_id: str, status: str, timeout: float = 30) -> Steps:
-        yield wait_for(lambda: status in self.statuses(call_id), timeout=timeout, what=f"{call_id} {status}")
-
-    @inlineCallbacks
-    def check_final(self, call_id: str, expected: list[str], sip_status: int, info: str) -> Steps:
-        """The CallApp events went through exactly ``expected``; call/find shows the same final state."""
-        yield self.until(call_id, expected[-1])
-        self.assertEqual(self.statuses(call_id), expected)
-        final = self.events(call_id)[-1]
-        self.assertEqual((final["sipStatus"], final["info"]), (sip_status, info))
-        found = yield self.gw.find(call_id)
-        self.assertEqual((found["status"], found["sipStatus"], found["info"]), (expected[-1], sip_status, info))
-        code = yield self.far.wait_exit(timeout=20)
-        self.assertEqual(code, 0, self.far.describe())
+class RestFlowTestCase(FlowTestCase):
+    gateway_settings = {"media_port_from": 46000, "media_port_to": 46999}
+    call_fields = {"callee": "bob", "sipLogin": "alice", "sipPassword": "secret", "visibleName": "Alice"}
 
 
-class SipFlowTests(FlowTestCase):
+class SipFlowTests(RestFlowTestCase):
     @inlineCallbacks
     def test_answer_then_terminate(self) -> Steps:
         """Far end rings and answers; call/terminate sends BYE: NEW PENDING TRYING RING ESTABLISHED FINISH."""
@@ -179,24 +129,7 @@ class SipFlowTests(FlowTestCase):
         """The first INVITE and the first 200 are lost: retransmissions recover; the flow is unchanged."""
         gateway = yield self.gateway(sip_t1=0.1)
         yield self.sipp("uas_answer.xml")
-        port: Any = gateway.service.agent._port
-        lost: list[bytes] = []
-        write, receive = port.write, port.protocol.datagramReceived
-
-        def lossy_write(data: bytes, addr: Any) -> Any:
-            if data.startswith(b"INVITE ") and not any(d.startswith(b"INVITE ") for d in lost):
-                lost.append(data)
-                return None
-            return write(data, addr)
-
-        def lossy_receive(data: bytes, addr: Any) -> None:
-            if data.startswith(b"SIP/2.0 200") and not any(d.startswith(b"SIP/2.0 200") for d in lost):
-                lost.append(data)
-                return
-            receive(data, addr)
-
-        self.patch(port, "write", lossy_write)
-        self.patch(port.protocol, "datagramReceived", lossy_receive)
+        lost = lose_first(gateway.service.agent._port, self, b"INVITE ", b"SIP/2.0 200")
         yield self.startup("flow-lost")
         yield self.until("flow-lost", "ESTABLISHED")
         yield self.gw.post("call/terminate", {"callId": "flow-lost"})
@@ -218,7 +151,7 @@ class RtpCollector(DatagramProtocol):
             pass
 
 
-class MediaFlowTests(FlowTestCase):
+class MediaFlowTests(RestFlowTestCase):
     @inlineCallbacks
     def media_call(self, call_id: str, **fields: Any) -> Any:
         collector = RtpCollector()

@@ -14,6 +14,7 @@ from wcsgw.sip.interfaces import OutgoingCall
 from wcsgw.sip.protocol import CallHandle, SipUserAgent
 from wcsgw.sip.sdp import MediaKind, MediaOffer, SessionOffer, build_answer, build_offer
 
+from .flows import lose_first
 from .sipp import Sipp, require_sipp
 
 reactor: Any = _reactor
@@ -240,24 +241,7 @@ class SippCallTests(TestCase):
         200, and the call is established with a single ACK."""
         agent = self.agent(t1=0.1)
         sipp = yield self.sipp("uas_answer.xml")
-        port: Any = agent._port
-        lost: list[bytes] = []
-        write, receive = port.write, port.protocol.datagramReceived
-
-        def lossy_write(data: bytes, addr: Any) -> Any:
-            if data.startswith(b"INVITE ") and not any(d.startswith(b"INVITE ") for d in lost):
-                lost.append(data)
-                return None
-            return write(data, addr)
-
-        def lossy_receive(data: bytes, addr: Any) -> None:
-            if data.startswith(b"SIP/2.0 200") and not any(d.startswith(b"SIP/2.0 200") for d in lost):
-                lost.append(data)
-                return
-            receive(data, addr)
-
-        self.patch(port, "write", lossy_write)
-        self.patch(port.protocol, "datagramReceived", lossy_receive)
+        lost = lose_first(agent._port, self, b"INVITE ", b"SIP/2.0 200")
         handle, listener = self.call(agent, sipp)
         yield listener.wait("ESTABLISHED")
         handle.hangup()

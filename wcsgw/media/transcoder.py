@@ -28,6 +28,8 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 from twisted.logger import Logger
 
+from wcsgw.rtp.h264 import split_annexb
+
 __all__ = [
     "AAC_FRAME_SIZE",
     "AudioTranscoder",
@@ -367,21 +369,6 @@ class AudioTranscoder:
 
 # --------------------------------------------------------------------------------------------------------------
 # video
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex-B byte stream, without start codes (and without trailing zero bytes)."""
-    units: list[bytes] = []
-    start = data.find(b"\x00\x00\x01")
-    while start >= 0:
-        begin = start + 3
-        nxt = data.find(b"\x00\x00\x01", begin)
-        end = len(data) if nxt < 0 else nxt
-        unit = data[begin:end].rstrip(b"\x00")
-        if unit:
-            units.append(unit)
-        start = nxt
-    return units
 
 
 def _is_vp8_keyframe(frame: bytes) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from wcsgw.rtmp import amf0
+from wcsgw.rtp import h264
 
 
 class TagType(enum.IntEnum):
@@ -110,20 +111,10 @@ class FlvTag:
 
 
 def split_annexb(data: bytes) -> list[bytes]:
-    """Split an H.264 Annex B byte stream into NAL units (start codes and trailing zeros removed)."""
+    """Split an H.264 Annex B byte stream into NAL units; ``ValueError`` unless it starts with a start code."""
     if not (data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")):
         raise ValueError("Annex B data does not start with a 00 00 01 start code")
-    units: list[bytes] = []
-    start = data.index(b"\x00\x00\x01") + 3
-    while True:
-        next_code = data.find(b"\x00\x00\x01", start)
-        end = len(data) if next_code < 0 else next_code
-        unit = data[start:end].rstrip(b"\x00")
-        if unit:
-            units.append(unit)
-        if next_code < 0:
-            return units
-        start = next_code + 3
+    return h264.split_annexb(data)
 
 
 def avc_decoder_configuration_record(sps_list: Sequence[bytes], pps_list: Sequence[bytes]) -> bytes:
