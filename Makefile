@@ -7,13 +7,18 @@ ARGS ?=
 APT_PACKAGES = nginx libnginx-mod-rtmp sip-tester ffmpeg tcpdump curl openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test debian-packages python-venv-support venv bench clean
+.PHONY: run test bench debian-packages python-venv-support venv clean
 
 run: venv
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/twistd -n --pidfile= wcsgw $(ARGS)
 
 test: debian-packages venv
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/trial --temp-directory=$(CURDIR)/_trial_temp tests
+
+# A short side-by-side run of the gateway and one ffmpeg per call (a few minutes; not part of `make test`).
+bench: debian-packages venv
+	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[bench]' --config-settings editable_mode=compat
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/python bench/run.py --quick $(ARGS)
 
 venv: $(VENV)/.installed
 

@@ -22,6 +22,7 @@ setup(
     ],
     extras_require={
         "test": ["hypothesis>=6.90", "numpy>=1.24"],
+        "bench": ["matplotlib>=3.8", "numpy>=1.24"],
     },
     entry_points={
         "console_scripts": ["wcsgw-passwd = wcsgw.passwd:main"],

@@ -1,0 +1,150 @@
+"""Checks of the bench's own measuring code (no peers, no sockets but one to 127.0.0.1):
+``PYTHONPATH=. .venv/bin/trial bench.test_bench``. Not part of ``make test``."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench.report import fit
+from bench.systems import Gateway, histogram_quantiles, parse_prometheus
+from bench.wire import flv_nal_units, publish_name, rtmp_messages, rtp_slice_start
+
+BEFORE = """\
+# TYPE wcsgw_rtp_to_rtmp_latency_seconds histogram
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.001"} 10
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.01"} 10
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.1"} 10
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="+Inf"} 10
+wcsgw_rtp_packets_received_total 1000
+wcsgw_rtp_packets_lost_total 3
+wcsgw_rtp_packets_late_total 1
+"""
+AFTER = """\
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.001"} 60
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.01"} 108
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.1"} 110
+wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="+Inf"} 110
+wcsgw_rtp_packets_received_total 5000
+wcsgw_rtp_packets_lost_total 5
+wcsgw_rtp_packets_late_total 2
+wcsgw_call_setup_seconds_bucket{le="0.1"} 0
+wcsgw_call_setup_seconds_bucket{le="0.2"} 1
+wcsgw_call_setup_seconds_bucket{le="0.3"} 2
+wcsgw_call_setup_seconds_bucket{le="+Inf"} 2
+"""
+
+
+class PrometheusTests(SynchronousTestCase):
+    def test_quantiles_of_the_window(self) -> None:
+        """Quantiles come from the bucket counts added between two scrapes, linear within a bucket."""
+        (p50, p99), count = histogram_quantiles(parse_prometheus(BEFORE), parse_prometheus(AFTER),
+                                                "wcsgw_rtp_to_rtmp_latency_seconds", (0.5, 0.99), media="video")
+        self.assertEqual(count, 100)
+        self.assertAlmostEqual(p50, 0.001)
+        self.assertAlmostEqual(p99, 0.055)
+
+    def test_no_histogram(self) -> None:
+        """Without the histogram there is no figure, not zero."""
+        self.assertEqual(histogram_quantiles({}, {}, "nothing", (0.5,)), ([None], 0))
+
+    def test_gateway_counters_from_metrics(self) -> None:
+        """The gateway's counters over the window are read from GET /metrics at the window's start and end."""
+        pages = [BEFORE, AFTER]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = pages.pop(0).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        gateway = Gateway.__new__(Gateway)
+        gateway.rest_port = server.server_address[1]
+        gateway.metrics_available = False
+        gateway.mark()
+        counters = gateway.counters()
+        self.assertEqual(counters["app_lost"], 3)  # 2 lost and 1 late
+        self.assertEqual(counters["app_received"], 4000)
+        self.assertEqual(counters["self_latency_count"], 100)
+        self.assertEqual((counters["self_setup_count"], counters["self_setup_p50"], counters["self_setup_max"]),
+                         (2, 0.2, 0.3))
+
+    def test_gateway_without_metrics(self) -> None:
+        """A gateway without /metrics gives no counters at all: the report prints n/a."""
+        gateway = Gateway.__new__(Gateway)
+        gateway.rest_port = 9  # discard: nothing listens
+        gateway.metrics_available = False
+        gateway.mark()
+        self.assertEqual(gateway.counters(), {"metrics": False})
+
+
+def _chunk0(csid: int, timestamp: int, type_id: int, payload: bytes, chunk_size: int = 128) -> bytes:
+    out = bytes([csid]) + timestamp.to_bytes(3, "big") + len(payload).to_bytes(3, "big") + bytes([type_id])
+    out += b"\x01\x00\x00\x00" + payload[:chunk_size]
+    for start in range(chunk_size, len(payload), chunk_size):
+        out += bytes([0xC0 | csid]) + payload[start:start + chunk_size]
+    return out
+
+
+class WireTests(SynchronousTestCase):
+    def test_rtmp_messages_across_chunks_and_chunk_size(self) -> None:
+        """Messages are rebuilt across chunks, after a Set Chunk Size; each ends at its last byte's offset."""
+        publish = (b"\x02\x00\x07publish" + b"\x00" + struct.pack("!d", 5.0) + b"\x05"
+                   + b"\x02\x00\x05gw1x0" + b"\x02\x00\x04live")
+        video = b"\x17\x01\x00\x00\x00" + struct.pack("!I", 300) + b"\x65" + bytes(range(256)) + bytes(43)
+        stream = bytes(3073)
+        stream += _chunk0(2, 0, 1, struct.pack("!I", 200))
+        stream += _chunk0(3, 0, 20, publish, 200)
+        stream += _chunk0(6, 40, 9, video, 200)
+        messages = rtmp_messages(stream)
+        self.assertEqual([(m[0], m[1]) for m in messages], [(1, 0), (20, 0), (9, 40)])
+        self.assertEqual(messages[-1][3], len(stream))
+        self.assertEqual(publish_name(messages[1][2]), "gw1x0")
+        units = flv_nal_units(messages[2][2])
+        self.assertEqual(len(units), 1)
+        self.assertEqual(units[0][:3], b"\x65\x00\x01")
+
+    def test_slice_key_of_fu_a_and_single_nal(self) -> None:
+        """A FU-A start fragment and a single NAL unit packet give the first bytes of the rebuilt NAL unit."""
+        nal = b"\x65" + bytes(range(100))
+        header = b"\x80\x70\x00\x01" + bytes(8)
+        fu_a = header + bytes([0x60 | 28, 0x80 | 5]) + nal[1:]
+        self.assertEqual(rtp_slice_start(fu_a), nal)
+        self.assertEqual(rtp_slice_start(header + nal), nal)
+        middle = header + bytes([0x60 | 28, 5]) + nal[1:]
+        self.assertIsNone(rtp_slice_start(middle))
+
+    def test_fit(self) -> None:
+        """RSS per call is the slope of a least-squares line over N, base its intercept."""
+        slope, intercept = fit([(1, 12.0), (5, 20.0), (10, 30.0)]) or (0, 0)
+        self.assertAlmostEqual(slope, 2.0, places=1)
+        self.assertIsNone(fit([(5, 1.0), (5, 2.0)]))
+
+
+class ScenarioTests(SynchronousTestCase):
+    def test_templates_render(self) -> None:
+        """Both SIPp scenarios render with every placeholder filled."""
+        from bench.peers import render
+
+        target = Path(self.mktemp())
+        target.mkdir()
+        render("uas_farend.xml", target / "a.xml", {"VIDEO_PCAP": "/v.pcap", "AUDIO_ULAW": "/a.ulaw",
+                                                    "VIDEO_PT": "112"})
+        render("uac_baseline.xml", target / "b.xml", {"VIDEO_PT": "112"})
+        self.assertIn('play_pcap_video="/v.pcap"', (target / "a.xml").read_text())
+        self.assertRaises(ValueError, render, "uac_baseline.xml", target / "c.xml", {})
