@@ -14,7 +14,7 @@ from typing import Any, Callable
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from wcsgw.media.worker import MediaInput, TranscodeWorker
+from wcsgw.media.worker import MediaInput, TranscodeWorker, WorkerPool
 
 WAIT = 10.0  # seconds a test waits for the worker thread before failing
 _names = itertools.count()
@@ -268,3 +268,46 @@ class ErrorTests(WorkerTestMixin):
         with self.assertRaises(ValueError) as caught:
             TranscodeWorker(ThreadedFakeReactor(), EchoTranscoder, print, max_queue=0)
         self.assertEqual(str(caught.exception), "max_queue must be at least 1, not 0")
+
+
+class PoolTests(SynchronousTestCase):
+    def run_until(self, reactor: ThreadedFakeReactor, done: Callable[[], bool]) -> None:
+        for _ in range(10_000):
+            if done():
+                return
+            if not reactor.from_thread.empty() or not reactor.getDelayedCalls():
+                reactor.run_next()
+            else:
+                reactor.advance(0.01)
+                threading.Event().wait(0.001)  # let the pool threads run between reactor polls
+        self.fail("condition never reached")
+
+    def test_lanes_share_threads_and_keep_their_order(self) -> None:
+        """Ten lanes on a pool of two threads: two threads in all, each lane's results in its own order; a lane's
+        stop flushes it only; the pool's stop joins its threads."""
+        reactor = ThreadedFakeReactor()
+        name = f"test-pool-{next(_names)}"
+        pool = WorkerPool(reactor, 2, name=name)
+        results: dict[int, list[str]] = {n: [] for n in range(10)}
+        lanes = [TranscodeWorker(reactor, EchoTranscoder, results[n].append, pool=pool, name=f"lane{n}",
+                                 max_queue=100) for n in range(10)]
+        self.assertEqual(len([t for t in threading.enumerate() if t.name.startswith(name)]), 2)
+        for i in range(20):
+            for n, lane in enumerate(lanes):
+                self.assertTrue(lane.submit(MediaInput(f"{n}.{i}".encode(), float(i))))
+        self.run_until(reactor, lambda: all(len(r) == 20 for r in results.values()))
+        for n in range(10):
+            self.assertEqual(results[n], [f"{n}.{i}-out" for i in range(20)])
+        stopped: list[object] = []
+        lanes[0].stop().addCallback(stopped.append)
+        self.run_until(reactor, lambda: bool(stopped))
+        self.assertEqual(results[0][-1], "flushed")
+        self.assertEqual(results[1][-1], "1.19-out")
+        self.assertTrue(pool.is_alive())
+        for lane in lanes[1:]:
+            lane.stop()
+        pool_stopped: list[object] = []
+        pool.stop().addCallback(pool_stopped.append)
+        self.run_until(reactor, lambda: bool(pool_stopped))
+        self.assertEqual([t for t in threading.enumerate() if t.name.startswith(name)], [])
+        self.assertTrue(all(r[-1] == "flushed" for r in results.values()))

@@ -17,6 +17,14 @@ class HistogramTests(SynchronousTestCase):
         self.assertEqual(histogram.lines("x"), [
             'x_bucket{le="0.1"} 1', 'x_bucket{le="1"} 3', 'x_bucket{le="+Inf"} 4', "x_sum 4.250000", "x_count 4"])
 
+    def test_labels(self) -> None:
+        """Labels go on every sample, before le on the buckets."""
+        histogram = Histogram((1.0,))
+        histogram.observe(0.5)
+        self.assertEqual(histogram.lines("x", 'media="audio"'), [
+            'x_bucket{media="audio",le="1"} 1', 'x_bucket{media="audio",le="+Inf"} 1', 'x_sum{media="audio"} 0.500000',
+            'x_count{media="audio"} 1'])
+
     def test_quantiles_of_recent_samples(self) -> None:
         """Quantiles are nearest-rank over the last samples only; none without samples."""
         histogram = Histogram((1.0,), window=100)

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from wcsgw.calls import Call, CallError, CallManager, CallUnavailable, Destination
 from wcsgw.config import Settings
+from wcsgw.media.worker import WorkerPool
 from wcsgw.metrics import LATENCY_BUCKETS, SETUP_BUCKETS, Histogram, MediaTotals, media_totals
 from wcsgw.model import CallStatus, EndInfo, RtmpStreamStatus
 from wcsgw.rtp.params import (ByeReceived, DtmfReceived, KeyframeNeeded, MediaParams, RtpInactivity, SessionConfig)
@@ -163,6 +164,7 @@ class GatewayBackend:
         *,
         publisher_factory: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
@@ -188,7 +190,8 @@ class GatewayBackend:
             reconnect_delays=settings.rtmp_reconnect_delays,
         )
         self.publisher_factory = publisher_factory
-        self.latency = Histogram(LATENCY_BUCKETS)
+        self.pool = pool
+        self.latency = {"audio": Histogram(LATENCY_BUCKETS), "video": Histogram(LATENCY_BUCKETS)}
         self.setup_time = Histogram(SETUP_BUCKETS)
         self.ended_totals = MediaTotals()
         self.calls: dict[str, CallMedia] = {}
@@ -403,7 +406,7 @@ class CallMedia:
             self.stream = CallStream(
                 self.backend.reactor, self.call.stream_name, self.backend.stream_options,
                 audio=self.params.get("audio"), video=self.params.get("video"),
-                request_keyframe=self._request_keyframe, latency=self.backend.latency,
+                request_keyframe=self._request_keyframe, latency=self.backend.latency, pool=self.backend.pool,
                 on_first_keyframe=lambda now: self.backend.setup_time.observe(now - self.call.created_at),
                 **({"publisher_factory": self.backend.publisher_factory} if self.backend.publisher_factory else {}))
 

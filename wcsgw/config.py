@@ -227,6 +227,8 @@ SETTINGS: tuple[Setting, ...] = (
             "bits per second of re-encoded H.264 (VP8 calls, or disable_streaming_proxy=true)"),
     Setting("rtmp_reconnect_delays", _parse_delays, (1.0, 2.0, 4.0, 8.0, 15.0),
             "seconds between RTMP reconnect attempts; when all fail the destination is RTMP_CONNECTION_FAILED"),
+    Setting("transcode_threads", _parse_int(0, 64), 0,
+            "threads shared by every call's transcoding (AAC, VP8 to H.264); 0: one per CPU core"),
     Setting("srtp", _parse_bool, False,
             "offer SRTP (RTP/SAVP, SDES a=crypto) on every call; a callee written sips:NAME asks for it per call"),
     Setting("rtmp_failure_ends_call", _parse_bool, False,
@@ -271,6 +273,7 @@ class Settings:
     aac_sample_rate: str
     video_bitrate: int
     rtmp_reconnect_delays: tuple[float, ...]
+    transcode_threads: int
     srtp: bool
     rtmp_failure_ends_call: bool
 

@@ -148,15 +148,18 @@ class CallAppNotifier:
 
 
 class TreqPoster:
-    """A ``Poster`` on treq with a persistent connection pool; the answer body is read and discarded."""
+    """A ``Poster`` on treq; the answer body is read and discarded.
+
+    Each event gets its own connection: receivers that close connections after an answer (HTTP/1.0 servers, many
+    frameworks) would otherwise make every other POST fail on a connection the pool still thought reusable.
+    """
 
     def __init__(self, reactor: Any, *, timeout: float = 5.0) -> None:
         import treq
         from twisted.web.client import Agent, HTTPConnectionPool
 
         self._treq = treq
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 4
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
         self._client = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
         self._timeout = timeout
 

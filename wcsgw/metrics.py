@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet.task import LoopingCall
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 SETUP_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 QUANTILES = (0.5, 0.9, 0.99)
@@ -48,15 +48,18 @@ class Histogram:
         rank = min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))
         return ordered[rank]
 
-    def lines(self, name: str) -> list[str]:
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        """The text-format samples; ``labels`` (``media="audio"``) go on every sample."""
         out = []
         running = 0
+        prefix = f"{labels}," if labels else ""
+        plain = f"{{{labels}}}" if labels else ""
         for bound, count in zip(self.buckets, self.counts):
             running += count
-            out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum {self.sum:.6f}")
-        out.append(f"{name}_count {self.count}")
+            out.append(f'{name}_bucket{{{prefix}le="{bound:g}"}} {running}')
+        out.append(f'{name}_bucket{{{prefix}le="+Inf"}} {self.count}')
+        out.append(f"{name}_sum{plain} {self.sum:.6f}")
+        out.append(f"{name}_count{plain} {self.count}")
         return out
 
 
@@ -174,13 +177,22 @@ class _Writer:
         for labels, value in samples:
             self.lines.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
 
-    def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
+    def histogram(self, name: str, help_text: str, histograms: Histogram | dict[str, Histogram],
+                  label: str = "") -> None:
+        """One histogram, or one per value of ``label`` (a dict value -> Histogram)."""
+        series = histograms if isinstance(histograms, dict) else {"": histograms}
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} histogram")
-        self.lines.extend(histogram.lines(name))
-        quantiles = [(q, histogram.quantile(q)) for q in QUANTILES]
-        self.metric(f"{name}_recent", "gauge", f"quantiles of the last samples of {name}",
-                    [(f'{{quantile="{q:g}"}}', value) for q, value in quantiles if value is not None])
+        for value, histogram in series.items():
+            self.lines.extend(histogram.lines(name, f'{label}="{value}"' if label else ""))
+        samples = []
+        for value, histogram in series.items():
+            for q in QUANTILES:
+                quantile = histogram.quantile(q)
+                if quantile is not None:
+                    labels = f'{label}="{value}",' if label else ""
+                    samples.append((f'{{{labels}quantile="{q:g}"}}', quantile))
+        self.metric(f"{name}_recent", "gauge", f"quantiles of the last samples of {name}", samples)
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -274,7 +286,7 @@ def render(gateway: Any) -> str:
 
     out.histogram("wcsgw_rtp_to_rtmp_latency_seconds",
                   "from the arrival of the RTP packet completing a frame to its FLV tag written to RTMP",
-                  backend.latency)
+                  backend.latency, label="media")
     out.histogram("wcsgw_call_setup_seconds", "from call/startup to the first keyframe written to RTMP",
                   backend.setup_time)
     out.histogram("wcsgw_reactor_lag_seconds", "how late the reactor ran a call scheduled every 100 ms",

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from wcsgw.media.clock import MediaClock
 from wcsgw.media.transcoder import AudioTranscoder, EncodedAudio, EncodedVideo, VideoTranscoder
-from wcsgw.media.worker import MediaInput, TranscodeWorker
+from wcsgw.media.worker import MediaInput, TranscodeWorker, WorkerPool
 from wcsgw.model import RtmpStreamStatus
 from wcsgw.rtmp import flv
 from wcsgw.rtmp.flv import FlvTag
@@ -100,9 +100,10 @@ class CallStream:
         publisher_factory: PublisherFactory = RtmpPublisher,
         latency: Any = None,
         on_first_keyframe: Callable[[float], None] | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
-        """``latency`` (a ``wcsgw.metrics.Histogram``) gets, for each tag written to an active destination, the
-        seconds since the RTP packet that completed its frame arrived; ``on_first_keyframe(now)`` is called when
+        """``latency`` (``{"audio": Histogram, "video": Histogram}``, see ``wcsgw.metrics``) gets, for each tag
+        written to an active destination, the seconds since the RTP packet that completed its frame arrived; ``on_first_keyframe(now)`` is called when
         the first keyframe is written to an active destination."""
         self._reactor = reactor
         self.name = name
@@ -123,6 +124,7 @@ class CallStream:
         self._video_worker: TranscodeWorker[EncodedVideo] | None = None
         self._audio_passthrough = False
         self._stopped = False
+        self._pool = pool
         self._latency = latency
         self._on_first_keyframe = on_first_keyframe
         # (timestamp ms, arrival) of what went into each worker, to time what comes out of it
@@ -153,7 +155,7 @@ class CallStream:
                                    sample_rate=rate, bitrate=options.audio_bitrate)
 
         self._audio_worker = TranscodeWorker(self._reactor, make, self._audio_out, max_queue=options.worker_queue,
-                                             name=f"audio-{self.name}")
+                                             name=f"audio-{self.name}", pool=self._pool)
 
     def _setup_video(self) -> None:
         params = self._video
@@ -173,7 +175,7 @@ class CallStream:
 
         self._video_worker = TranscodeWorker(self._reactor, make, self._video_out, max_queue=options.worker_queue,
                                              name=f"video-{self.name}", keyframe_gated=True,
-                                             on_keyframe_needed=self._request_far_keyframe)
+                                             on_keyframe_needed=self._request_far_keyframe, pool=self._pool)
 
     def _metadata_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"duration": 0.0, "encoder": "wcsgw"}
@@ -350,7 +352,7 @@ class CallStream:
             return
         now = self._reactor.seconds()
         if arrival and self._latency is not None:
-            self._latency.observe(max(0.0, now - arrival))
+            self._latency[VIDEO if tag.tag_type == flv.TagType.VIDEO else AUDIO].observe(max(0.0, now - arrival))
         if tag.is_keyframe and self._on_first_keyframe is not None:
             callback, self._on_first_keyframe = self._on_first_keyframe, None
             callback(now)

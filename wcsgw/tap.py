@@ -20,6 +20,7 @@ from wcsgw import config
 from wcsgw.backend import GatewayBackend, default_public_address
 from wcsgw.calls import CallManager, new_node_id
 from wcsgw.events import CallAppNotifier, TreqPoster
+from wcsgw.media.worker import WorkerPool
 from wcsgw.metrics import ReactorLagMonitor, render
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
@@ -113,7 +114,8 @@ class GatewayService(service.MultiService):
                                   public_address=public_address, user_agent=settings.user_agent,
                                   t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
-        self.backend = GatewayBackend(reactor, settings, self.agent, allocator)
+        self.pool = WorkerPool(reactor, settings.transcode_threads or os.cpu_count() or 2, name="wcsgw-tc")
+        self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool)
         self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(public_address),
                                    ended_call_ttl=settings.ended_call_ttl, backend=self.backend)
         self.backend.manager = self.manager
@@ -160,6 +162,7 @@ class GatewayService(service.MultiService):
             guard.cancel()
         self.notifier.stop()
         yield self.poster.close()
+        yield self.pool.stop()
 
 
 def makeService(options: Options) -> service.IService:

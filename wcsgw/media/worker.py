@@ -1,13 +1,13 @@
-"""The one module that touches threads: a worker thread per transcoded track, fed by a bounded queue.
+"""The one module that touches threads: transcoding lanes on a small pool of worker threads.
 
-Why one thread per transcoded *track* (not per call): a call's audio and video have different costs (an AAC
-frame takes well under a millisecond, a 640x360 H.264 frame several), different drop policies (audio drops
-single packets, video drops until the next key frame) and different queue bounds.  In one shared queue a slow
-video frame would hold back the audio behind it.  Most calls transcode only audio (H.264 passes through), so for
-them this is one thread per call anyway; a call that transcodes both gets two.  An idle worker blocks in
-``queue.get`` and costs no CPU.  PyAV releases the GIL inside FFmpeg, so encoders of different calls run on
-different cores.  The codecs themselves are single-threaded (``thread_count=1``, see `wcsgw.media.transcoder`):
-with 100 calls on 2 cores, extra codec threads only add contention.
+Each transcoded track of a call is a *lane* (`TranscodeWorker`): its own transcoder, its own bound and drop
+policy (audio drops single items, video drops until the next keyframe), its items processed in order.  Lanes
+share a `WorkerPool` of a few threads (as many as cores by default): a lane is pinned to one pool thread, so its
+order holds, and the process has a handful of threads instead of one or two per call.  With 100 calls on 2 cores
+a thread per track meant a hundred threads taking turns at the GIL for every 20 ms packet; a pool keeps the cores
+busy with FFmpeg (PyAV releases the GIL inside it) and the GIL hand-overs few.  The codecs themselves are
+single-threaded (``thread_count=1``, see `wcsgw.media.transcoder`).  A lane made without a pool gets a private
+pool of one thread, stopped with it.
 
 Threads are an implementation detail here: the reactor side calls `TranscodeWorker.submit` (never blocks) and
 `TranscodeWorker.stop` (a Deferred), and results come back on the reactor thread, in order, through the callback.
@@ -15,6 +15,7 @@ Threads are an implementation detail here: the reactor side calls `TranscodeWork
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-__all__ = ["MediaInput", "Transcoder", "TranscodeWorker", "WorkerCounters", "WorkerReactor"]
+__all__ = ["MediaInput", "Transcoder", "TranscodeWorker", "WorkerCounters", "WorkerPool", "WorkerReactor"]
 
 log = Logger()
 
@@ -79,21 +80,96 @@ class WorkerCounters:
 _STOP = object()  # the sentinel
 
 
-class TranscodeWorker(Generic[ResultT]):
-    """Run a transcoder in its own thread, in order, behind a bounded queue.
+class WorkerPool:
+    """A few threads that run every lane's work; stop it once all its lanes are stopped."""
 
-    ``make_transcoder`` is called *in the worker thread* (codec contexts are opened there and used only
-    there).  Each submitted `MediaInput` goes to ``transcoder.feed(data, timestamp_ms)``; its results are
-    handed to ``callback`` on the reactor thread (one ``reactor.callFromThread`` per input, which calls
-    ``callback(result)`` for each result of that input, in order).
+    def __init__(self, reactor: WorkerReactor, threads: int = 2, *, name: str = "transcode",
+                 poll_interval: float = 0.01) -> None:
+        if threads < 1:
+            raise ValueError(f"a worker pool needs at least one thread, not {threads}")
+        self._reactor = reactor
+        self.name = name
+        self._poll_interval = poll_interval
+        self._queues: list[queue.Queue[Any]] = [queue.Queue() for _ in range(threads)]
+        self._lanes = [0] * threads
+        self._threads = [threading.Thread(target=self._run, args=(q,), daemon=True,
+                                          name=name if threads == 1 else f"{name}-{n}")
+                         for n, q in enumerate(self._queues)]
+        self._started = False  # threads start with the first lane
+        self._stopped: Deferred[None] | None = None
+
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def is_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def _assign(self) -> int:
+        """The pool thread a new lane goes to: the one with fewest lanes."""
+        if not self._started:
+            self._started = True
+            for thread in self._threads:
+                thread.start()
+        index = min(range(len(self._lanes)), key=self._lanes.__getitem__)
+        self._lanes[index] += 1
+        return index
+
+    def _release(self, index: int) -> None:
+        self._lanes[index] -= 1
+
+    def _put(self, index: int, entry: Any) -> None:
+        self._queues[index].put_nowait(entry)
+
+    def stop(self) -> Deferred[None]:
+        """End every thread (after the work queued before this call); fires once all are joined."""
+        if self._stopped is None:
+            self._stopped = Deferred()
+            if not self._started:
+                self._stopped.callback(None)
+                return _chain(self._stopped)
+            for q in self._queues:
+                q.put_nowait(_STOP)
+            self._reactor.callLater(0, self._join)
+        return _chain(self._stopped)
+
+    def _join(self) -> None:
+        # Poll instead of joining so the reactor never blocks on a thread.
+        if self.is_alive():
+            self._reactor.callLater(self._poll_interval, self._join)
+            return
+        for thread in self._threads:
+            thread.join()
+        assert self._stopped is not None
+        if not self._stopped.called:
+            self._stopped.callback(None)
+
+    @staticmethod
+    def _run(work: queue.Queue[Any]) -> None:
+        _name_os_thread(threading.current_thread().name)
+        while True:
+            entry = work.get()
+            if entry is _STOP:
+                return
+            lane, item = entry
+            lane._work(item)
+
+
+class TranscodeWorker(Generic[ResultT]):
+    """One lane: a transcoder fed in order through a bounded queue, on a pool thread.
+
+    ``make_transcoder`` is called *on the pool thread* with the lane's first item (codec contexts are opened and
+    used only there).  Each submitted `MediaInput` goes to ``transcoder.feed(data, timestamp_ms)``; results are
+    handed to ``callback`` on the reactor thread (one ``reactor.callFromThread`` per input that produced any,
+    which calls ``callback(result)`` for each, in order).
 
     ``submit`` never blocks: with ``max_queue`` items waiting the item is dropped and counted.  With
     ``keyframe_gated`` (video) a drop also drops every following item until one with ``keyframe=True``, and
     ``on_keyframe_needed`` (reactor thread) is told so the caller can ask the far end for a key frame.
 
-    ``stop`` puts a sentinel after the queued items: the worker finishes them, calls ``transcoder.flush()``,
-    delivers those results and ends; the returned Deferred fires (with None) after the thread has been
-    joined, without blocking the reactor.
+    ``stop`` queues the end after the queued items: they are finished, ``transcoder.flush()``'s results
+    delivered, and the returned Deferred fires (with None) without blocking the reactor.  A lane with a private
+    pool also ends and joins that pool's thread.
     """
 
     def __init__(
@@ -107,6 +183,7 @@ class TranscodeWorker(Generic[ResultT]):
         keyframe_gated: bool = False,
         on_keyframe_needed: Callable[[], object] | None = None,
         poll_interval: float = 0.01,
+        pool: WorkerPool | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
@@ -117,27 +194,30 @@ class TranscodeWorker(Generic[ResultT]):
         self.name = name
         self._keyframe_gated = keyframe_gated
         self._on_keyframe_needed = on_keyframe_needed
-        self._poll_interval = poll_interval
-        # One slot more than the bound we enforce, so the sentinel always fits: put never blocks.
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue + 1)
+        self._own_pool = pool is None
+        self._pool = pool if pool is not None else WorkerPool(reactor, 1, name=name, poll_interval=poll_interval)
+        self._index = self._pool._assign()
+        self._lock = threading.Lock()
+        self._depth = 0  # items submitted and not yet processed (reactor adds, pool thread subtracts)
         self.counters = WorkerCounters()
         self._waiting_for_keyframe = False
         self._stopping = False
         self._stopped: Deferred[None] | None = None
-        self._finished_seen = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        # Pool-thread side.
+        self._transcoder: Transcoder[ResultT] | None = None
+        self._made = False
 
     # -- reactor side -------------------------------------------------------------------------------------------
 
     @property
     def queue_depth(self) -> int:
-        """Items waiting (the sentinel not counted)."""
-        return min(self._queue.qsize(), self._max_queue)
+        """Items waiting."""
+        return self._depth
 
     @property
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        """The lane's pool thread runs (a lane of a shared pool keeps it after its own stop)."""
+        return self._pool.is_alive()
 
     @property
     def waiting_for_keyframe(self) -> bool:
@@ -153,8 +233,10 @@ class TranscodeWorker(Generic[ResultT]):
                 self.counters.dropped += 1
                 return False
             self._waiting_for_keyframe = False
-        # Only this (reactor) thread puts, so a depth below the bound stays below it until our put.
-        depth = self._queue.qsize()
+        with self._lock:
+            depth = self._depth
+            if depth < self._max_queue:
+                self._depth = depth + 1
         if depth >= self._max_queue:
             self.counters.dropped += 1
             if self._keyframe_gated:
@@ -162,23 +244,25 @@ class TranscodeWorker(Generic[ResultT]):
                 if self._on_keyframe_needed is not None:
                     self._on_keyframe_needed()
             return False
-        self._queue.put_nowait(item)
+        self._pool._put(self._index, (self, item))
         self.counters.submitted += 1
         self.counters.max_depth = max(self.counters.max_depth, depth + 1)
         return True
 
     def stop(self, timeout: float | None = None) -> Deferred[None]:
-        """Finish the queued items, flush, end the thread; the Deferred fires once it is joined.
+        """Finish the queued items, flush; the Deferred fires once that is done (and a private pool joined).
 
-        With ``timeout`` (seconds) the Deferred fires anyway after that long, logging that the thread is still
-        running (a daemon thread: it cannot keep the process alive).  Calling stop again returns the same
+        With ``timeout`` (seconds) the Deferred fires anyway after that long, logging that the work is still
+        running (daemon threads: they cannot keep the process alive).  Calling stop again returns the same
         result.
         """
         if self._stopped is not None:
             return _chain(self._stopped)
         self._stopping = True
         self._stopped = Deferred()
-        self._queue.put_nowait(_STOP)
+        self._pool._put(self._index, (self, _STOP))
+        if self._own_pool:  # its thread ends right after this lane's last work
+            self._pool_stopped = self._pool.stop()
         if timeout is not None:
             self._reactor.callLater(timeout, self._give_up, timeout)
         return _chain(self._stopped)
@@ -197,43 +281,49 @@ class TranscodeWorker(Generic[ResultT]):
                 log.failure("callback of worker {name} failed", name=self.name)
 
     def _finished(self) -> None:
-        # The worker's last act was to schedule this; join as soon as the thread is really gone, polling so
-        # the reactor never blocks on join.
-        if self._thread.is_alive():
-            self._reactor.callLater(self._poll_interval, self._finished)
-            return
-        self._thread.join()
+        self._pool._release(self._index)
+        if self._own_pool:
+            self._pool_stopped.addBoth(lambda _: self._fire())
+        else:
+            self._fire()
+
+    def _fire(self) -> None:
         if self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
 
-    # -- worker thread ------------------------------------------------------------------------------------------
+    # -- pool thread --------------------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        reactor = self._reactor
-        transcoder: Transcoder[ResultT] | None = None
-        try:
-            transcoder = self._make_transcoder()
-        except Exception:
-            self.counters.errors += 1
-            log.failure("worker {name} could not make its transcoder; dropping its input", name=self.name)
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            if transcoder is None:
-                self.counters.discarded += 1
-                continue
-            assert isinstance(item, MediaInput)
+    def _work(self, item: object) -> None:
+        if not self._made:
+            self._made = True
             try:
-                results = transcoder.feed(item.data, item.timestamp_ms)
+                self._transcoder = self._make_transcoder()
             except Exception:
                 self.counters.errors += 1
-                log.failure("transcoder of worker {name} failed on an item", name=self.name)
-                continue
-            self.counters.processed += 1
-            if results:
-                self.counters.results += len(results)
-                reactor.callFromThread(self._deliver, list(results))
+                log.failure("worker {name} could not make its transcoder; dropping its input", name=self.name)
+        if item is _STOP:
+            self._end()
+            return
+        with self._lock:
+            self._depth -= 1
+        transcoder = self._transcoder
+        if transcoder is None:
+            self.counters.discarded += 1
+            return
+        assert isinstance(item, MediaInput)
+        try:
+            results = transcoder.feed(item.data, item.timestamp_ms)
+        except Exception:
+            self.counters.errors += 1
+            log.failure("transcoder of worker {name} failed on an item", name=self.name)
+            return
+        self.counters.processed += 1
+        if results:
+            self.counters.results += len(results)
+            self._reactor.callFromThread(self._deliver, list(results))
+
+    def _end(self) -> None:
+        transcoder, self._transcoder = self._transcoder, None
         if transcoder is not None:
             try:
                 results = transcoder.flush()
@@ -243,8 +333,20 @@ class TranscodeWorker(Generic[ResultT]):
             else:
                 if results:
                     self.counters.results += len(results)
-                    reactor.callFromThread(self._deliver, list(results))
-        reactor.callFromThread(self._finished)
+                    self._reactor.callFromThread(self._deliver, list(results))
+        self._reactor.callFromThread(self._finished)
+
+
+PR_SET_NAME = 15
+
+
+def _name_os_thread(name: str) -> None:
+    """Give the OS thread the Python thread's name (Linux prctl; at most 15 bytes), so that top, ps and /proc show
+    which threads transcode."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode("ascii", "replace")[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _chain(d: Deferred[None]) -> Deferred[None]:

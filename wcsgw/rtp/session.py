@@ -496,11 +496,9 @@ class MediaStreamSession:
             feedback.append(RtcpFir(self.ssrc, [(media_ssrc, self._fir_sequence)]))
             self.counters.fir_sent += 1
         sent = self._send_report(now, feedback)
-        sip_info = (
-            not (params.remote_pli or params.remote_fir)
-            or not sent
-            or self._kf_attempts >= self.config.keyframe_sip_info_after
-        )
+        # SIP INFO picture_fast_update is the last resort: when RTCP cannot go out, or after
+        # ``keyframe_sip_info_after`` unanswered RTCP requests (many devices honour PLI without offering it).
+        sip_info = not sent or self._kf_attempts >= self.config.keyframe_sip_info_after
         self._events.append(KeyframeNeeded(self._kf_reason, self._kf_attempts, sip_info))
         self.counters.keyframe_requests += 1
         self._kf_attempts += 1
