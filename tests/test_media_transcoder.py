@@ -308,6 +308,20 @@ class AudioToAacTests(SynchronousTestCase):
         self.assertEqual(str(caught.exception), "unsupported audio codec 'G722': expected PCMU, PCMA, opus or speex")
 
 
+class ThreadTests(SynchronousTestCase):
+    def test_audio_transcoding_starts_no_threads(self) -> None:
+        """Transcoders run on the caller's thread: making and feeding three adds no OS thread (PyAV's own
+        AudioResampler started two libavfilter threads each)."""
+        import os
+
+        before = len(os.listdir("/proc/self/task"))
+        transcoders = [AudioTranscoder("PCMU", 8000, 1) for _ in range(3)]
+        for transcoder in transcoders:
+            for n in range(20):
+                transcoder.feed(b"\x7f" * 160, n * 20.0)
+        self.assertEqual(len(os.listdir("/proc/self/task")), before)
+
+
 class AudioPassthroughTests(SynchronousTestCase):
     def test_g711_passthrough(self) -> None:
         """In passthrough G.711 payloads come back unchanged with their timestamps."""

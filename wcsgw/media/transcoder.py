@@ -14,14 +14,15 @@ predictable; parallelism comes from running many calls at once.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal, Sequence, cast
 
 import av
+import av.filter
 from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
-from av.audio.resampler import AudioResampler
 from av.codec.context import Flags, ThreadType
 from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
@@ -270,8 +271,8 @@ class AudioTranscoder:
         encoder.open()
         return encoder
 
-    def _new_resampler(self) -> AudioResampler:
-        return AudioResampler(format="fltp", layout=self._out_layout, rate=self.sample_rate)
+    def _new_resampler(self) -> _Resampler:
+        return _Resampler("fltp", self._out_layout, self.sample_rate)
 
     def _stream_end_ms(self) -> float:
         assert self._segment_start_ms is not None
@@ -365,6 +366,45 @@ class AudioTranscoder:
         self.counters.frames_out += 1
         codec = "aac" if self.output == "aac" else self.codec
         return EncodedAudio(timestamp, data, codec, self.sample_rate, self.output_channels)
+
+
+class _Resampler:
+    """Sample rate, format and layout conversion (libswresample through an ``aformat`` filter graph) on the
+    caller's thread: PyAV's ``AudioResampler`` leaves the graph's thread count at FFmpeg's default, which starts
+    threads per CPU for every call; here the graph gets one."""
+
+    def __init__(self, format: str, layout: str, rate: int) -> None:
+        self.format = format
+        self.layout = layout
+        self.rate = rate
+        self._graph: av.filter.Graph | None = None
+
+    def resample(self, frame: AudioFrame | None) -> list[AudioFrame]:
+        if self._graph is None:
+            if frame is None:
+                return []
+            graph = av.filter.Graph()
+            graph.threads = 1
+            source = graph.add("abuffer", sample_rate=str(frame.sample_rate), sample_fmt=frame.format.name,
+                               channel_layout=frame.layout.name)
+            convert = graph.add("aformat", sample_rates=str(self.rate), sample_fmts=self.format,
+                                channel_layouts=self.layout)
+            sink = graph.add("abuffersink")
+            source.link_to(convert)
+            convert.link_to(sink)
+            graph.configure()
+            self._graph = graph
+        self._graph.push(frame)
+        out: list[AudioFrame] = []
+        while True:
+            try:
+                out.append(cast(AudioFrame, self._graph.pull()))
+            except EOFError:
+                return out
+            except av.FFmpegError as exc:
+                if exc.errno != errno.EAGAIN:
+                    raise
+                return out
 
 
 # --------------------------------------------------------------------------------------------------------------
