@@ -310,10 +310,15 @@ class AudioToAacTests(SynchronousTestCase):
 
 class ThreadTests(SynchronousTestCase):
     def test_audio_transcoding_starts_no_threads(self) -> None:
-        """Transcoders run on the caller's thread: making and feeding three adds no OS thread (PyAV's own
-        AudioResampler started two libavfilter threads each)."""
+        """Transcoders run on the caller's thread: beyond the process-wide threads FFmpeg starts once (the first
+        encoder), three more transcoders add no OS thread (PyAV's own AudioResampler started two each)."""
         import os
 
+        def feed(transcoder: AudioTranscoder) -> None:
+            for n in range(20):
+                transcoder.feed(b"\x7f" * 160, n * 20.0)
+
+        feed(AudioTranscoder("PCMU", 8000, 1))
         before = len(os.listdir("/proc/self/task"))
         transcoders = [AudioTranscoder("PCMU", 8000, 1) for _ in range(3)]
         for transcoder in transcoders:
