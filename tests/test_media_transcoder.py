@@ -309,21 +309,21 @@ class AudioToAacTests(SynchronousTestCase):
 
 
 class ThreadTests(SynchronousTestCase):
-    def test_audio_transcoding_starts_no_threads(self) -> None:
-        """Transcoders run on the caller's thread: beyond the process-wide threads FFmpeg starts once (the first
-        encoder), three more transcoders add no OS thread (PyAV's own AudioResampler started two each)."""
+    def test_resampling_starts_no_threads(self) -> None:
+        """Our resampler's filter graph runs on the caller's thread: three of them, used, add no OS thread (PyAV's
+        AudioResampler starts two libavfilter threads each)."""
         import os
 
-        def feed(transcoder: AudioTranscoder) -> None:
-            for n in range(20):
-                transcoder.feed(b"\x7f" * 160, n * 20.0)
+        from wcsgw.media.transcoder import _Resampler
 
-        feed(AudioTranscoder("PCMU", 8000, 1))
+        frame = av.AudioFrame(format="s16", layout="mono", samples=160)
+        frame.sample_rate = 8000
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
         before = len(os.listdir("/proc/self/task"))
-        transcoders = [AudioTranscoder("PCMU", 8000, 1) for _ in range(3)]
-        for transcoder in transcoders:
-            for n in range(20):
-                transcoder.feed(b"\x7f" * 160, n * 20.0)
+        resamplers = [_Resampler("fltp", "mono", 44100) for _ in range(3)]
+        for resampler in resamplers:
+            self.assertTrue(resampler.resample(frame))
         self.assertEqual(len(os.listdir("/proc/self/task")), before)
 
 
