@@ -251,6 +251,12 @@ class RoutingTests(RestTestCase):
         self.assertEqual((response.code, body["status"]), (405, 405))
         self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST, OPTIONS"])
 
+    def test_wrong_method_on_metrics_names_get(self) -> None:
+        """POST on /metrics (a GET resource) is 405 with Allow: GET, OPTIONS."""
+        response = self.successResultOf(self.stub.post("http://127.0.0.1:8081/metrics", data=b""))
+        self.successResultOf(response.content())
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"allow")), (405, [b"GET, OPTIONS"]))
+
     def test_cors_preflight(self) -> None:
         """OPTIONS answers CORS preflight for browsers without needing credentials."""
         response = self.successResultOf(self.stub.request("OPTIONS", BASE + "/call/startup"))

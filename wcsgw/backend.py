@@ -148,7 +148,6 @@ def media_params(media: NegotiatedMedia, we_send: bool,
 class BackendStats:
     calls_started: int = 0
     calls_refused: int = 0
-    no_common_codecs: int = 0
     keyframe_requests_sip_info: int = 0
 
 
@@ -165,6 +164,7 @@ class GatewayBackend:
         publisher_factory: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
         pool: WorkerPool | None = None,
+        public_address: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
@@ -173,10 +173,11 @@ class GatewayBackend:
         self.manager: CallManager | None = None
         self.rng = rng or random.SystemRandom()
         self.stats = BackendStats()
+        self.public_address = public_address or default_public_address(settings)
         self.audio_codecs, self.video_codecs = offered_codecs(settings.codecs)
         enabled, seconds = settings.rtp_activity_detecting
         self.session_config = SessionConfig(
-            cname=f"wcsgw@{default_public_address(settings)}",
+            cname=f"wcsgw@{self.public_address}",
             rtp_in_buffer=settings.rtp_in_buffer,
             jitter_buffer_ms=float(settings.rtp_in_buffer_ms),
             rtp_activity_timeout=float(seconds) if enabled else None,
@@ -308,7 +309,7 @@ class CallMedia:
         request = self.call.request
         settings = self.backend.settings
         first_hop = request.sip_outbound_proxy or request.sip_domain
-        address = settings.ip or route_address(first_hop, default_public_address(settings))
+        address = settings.ip or route_address(first_hop, self.backend.public_address)
         rng = self.backend.rng
         if wants_srtp(settings, request.callee):
             self.crypto = {kind: tuple(generate_crypto(tag, suite) for tag, suite in enumerate(SUPPORTED_SUITES, 1))
@@ -378,7 +379,6 @@ class CallMedia:
         try:
             negotiation = negotiate(ours, theirs)
             if offer_is_ours and negotiation.no_common_codecs:
-                self.backend.stats.no_common_codecs += 1
                 self.hangup(CallStatus.FAILED, EndInfo.NO_COMMON_CODECS)
                 return
             request = self.call.request

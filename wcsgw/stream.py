@@ -74,12 +74,9 @@ class StreamStats:
     audio_frames_in: int = 0
     video_frames_in: int = 0
     tags_out: int = 0
-    keyframes_out: int = 0
     audio_dropped: int = 0
     video_dropped: int = 0
     keyframe_requests: int = 0
-    last_audio_ms: int | None = None
-    last_video_ms: int | None = None
 
 
 PublisherFactory = Callable[..., Any]
@@ -336,15 +333,10 @@ class CallStream:
         body = [n for n in nal_units if n and n[0] & 0x1F not in _OUT_OF_BAND]
         if not body:
             return
-        if keyframe:
-            self.stats.keyframes_out += 1
-        self.stats.last_video_ms = timestamp
         self._emit(flv.avc_video_tag(timestamp, body, keyframe), arrival)
 
     def _emit(self, tag: FlvTag, arrival: float = 0.0) -> None:
         self.stats.tags_out += 1
-        if tag.tag_type == flv.TagType.AUDIO and not tag.is_sequence_header:
-            self.stats.last_audio_ms = tag.timestamp_ms
         publishers = list(self._destinations.values())
         for publisher in publishers:
             publisher.write(tag)

@@ -115,7 +115,8 @@ class GatewayService(service.MultiService):
                                   t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
         self.pool = WorkerPool(reactor, settings.transcode_threads or os.cpu_count() or 2, name="wcsgw-tc")
-        self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool)
+        self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool,
+                                      public_address=public_address)
         self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(public_address),
                                    ended_call_ttl=settings.ended_call_ttl, backend=self.backend)
         self.backend.manager = self.manager

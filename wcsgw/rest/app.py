@@ -106,9 +106,10 @@ class RestApi:
 
     @app.handle_errors(MethodNotAllowed)
     def _not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        request.setHeader(b"Allow", b"POST, OPTIONS")
+        allowed = sorted(set(failure.value.valid_methods or ["POST"]) - {"HEAD"}) + ["OPTIONS"]
+        request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
         method = request.method.decode("ascii", "replace")
-        return self._error(request, 405, f"method {method} is not allowed; use POST")
+        return self._error(request, 405, f"method {method} is not allowed; use {' or '.join(allowed[:-1])}")
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
