@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wcsgw.media.transcoder import aac_bitrate
+
 ROOT = Path(__file__).resolve().parents[1]
 NA = "n/a"
 
@@ -166,6 +168,7 @@ def _ok(trial: dict[str, Any]) -> str:
 
 def table(data: dict[str, Any]) -> str:
     m = data["machine"]
+    aac_rate = data["args"].get("aac_rate", 44100)  # runs saved before --aac-rate resampled to 44.1 kHz
     lines = [
         f"# wcsgw bench, {m['date']}",
         "",
@@ -175,7 +178,8 @@ def table(data: dict[str, Any]) -> str:
         "",
         f"Media per call: H.264 1280x720 25 fps {data['media']['video_bitrate'] / 1e6:.2f} Mbit/s, keyframe every "
         f"{data['media']['keyframe_interval']} s, {data['media']['video_packets_per_second']} video packets/s, "
-        f"and PCMU 20 ms (50 packets/s); RTMP: H.264 copied, AAC 44.1 kHz mono 64 kbit/s. "
+        f"and PCMU 20 ms (50 packets/s); RTMP: H.264 copied, AAC {aac_rate / 1000:g} kHz mono "
+        f"{aac_bitrate(0, aac_rate) // 1000} kbit/s (both systems). "
         f"Window {data['args']['duration']:.0f} s after {data['args']['warmup']:.0f} s of warm-up. "
         "The load generators (SIPp, nginx, tcpdump) share the machine's cores with the system measured.",
         "",

@@ -61,6 +61,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
 
 
+def aac_setting(rate: int) -> str:
+    """The gateway's aac_sample_rate for the bench's ``--aac-rate``: PCMU's own rate is ``source``."""
+    return "source" if rate == 8000 else str(rate)
+
+
 class Trial:
     """One system with N calls."""
 
@@ -87,11 +92,11 @@ class Trial:
         capture: Capture | None = None
         system: Baseline | Gateway
         if self.system_name == "baseline":
-            system = Baseline(self.procs, self.dir / "ffmpeg", self.media, hold=self.hold())
+            system = Baseline(self.procs, self.dir / "ffmpeg", self.media, hold=self.hold(), aac_rate=args.aac_rate)
         else:
             assert self.callapp is not None
             system = Gateway(self.procs, self.dir / "gateway", self.media, callapp=self.callapp,
-                             extra_args=args.gateway_arg)
+                             extra_args=["--aac-sample-rate", aac_setting(args.aac_rate), *args.gateway_arg])
         try:
             sample_far = main_far = None
             if sampled:
@@ -309,6 +314,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--systems", default="gateway,baseline", help="gateway, baseline or both")
     parser.add_argument("--sample", type=int, default=2, help="calls per trial whose wire latency is captured")
     parser.add_argument("--quick", action="store_true", help="the short run of make bench (a few minutes)")
+    parser.add_argument("--aac-rate", type=int, choices=(8000, 44100), default=8000,
+                        help="AAC sample rate of both systems: 8000 is the issue's baseline command as written "
+                             "(ffmpeg keeps PCMU's rate) and the gateway's aac_sample_rate=source; 44100 makes "
+                             "both resample (the gateway's default setting)")
     parser.add_argument("--gateway-arg", action="append", default=[], help="extra twistd wcsgw option (repeat)")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--keep-work", action="store_true", help="keep the trial's capture in bench/work/")

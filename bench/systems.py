@@ -6,7 +6,9 @@ figures (anything it cannot tell is absent, never guessed); ``call_states()`` ho
 
 * :class:`Baseline`: one ``ffmpeg -protocol_whitelist file,udp,rtp -i call.sdp -c:v copy -c:a aac ... -f flv``
   per call, listening on the ports of its ``call.sdp``, and SIPp placing each call to the far end with an offer of
-  those ports. ffmpeg's AAC is set as the gateway's (44.1 kHz, mono, 64 kbit/s) so both do the same work.
+  those ports. ffmpeg's AAC is set as the gateway's (``--aac-rate``: 8 kHz by default, the rate ffmpeg keeps
+  when told just ``-c:a aac``, or 44.1 kHz; mono; the gateway's default AAC bit rate for that rate) so both do
+  the same work.
 * :class:`Gateway`: ``twistd -n wcsgw`` driven through its REST API (``call/startup``, ``call/find_all``,
   ``call/terminate``) with its ``GET /metrics`` (Prometheus text) read at the start and end of the window.
 """
@@ -29,6 +31,8 @@ from typing import Any
 
 from bench.media import Media
 from bench.peers import BaselineCaller, FarEnd
+from wcsgw.media.transcoder import aac_bitrate
+
 from bench.procs import Child, Processes, free_tcp_port, free_udp_port, tcp_accepts, udp_blocks, udp_bound, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +76,9 @@ class Baseline:
     name = "baseline"
     prefix = "base"
 
-    def __init__(self, procs: Processes, workdir: Path, media: Media, *, hold: float) -> None:
+    def __init__(self, procs: Processes, workdir: Path, media: Media, *, hold: float, aac_rate: int = 8000) -> None:
         self.procs = procs
+        self.aac_rate = aac_rate
         self.workdir = workdir
         self.media = media
         self.hold = hold
@@ -91,7 +96,8 @@ class Baseline:
             sdp.write_text(_CALL_SDP.format(name=call.name, audio=port, video=port + 2, pt=self.media.video_pt))
             argv = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "warning",
                     "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
-                    "-c:v", "copy", "-c:a", "aac", "-ar", "44100", "-ac", "1", "-b:a", "64k",
+                    "-c:v", "copy", "-c:a", "aac", "-ar", str(self.aac_rate), "-ac", "1",
+                    "-b:a", str(aac_bitrate(0, self.aac_rate)),
                     "-f", "flv", f"{call.rtmp_url}/{call.name}"]
             self.ffmpegs[call.name] = self.procs.start(f"ffmpeg {call.name}", argv, cwd=self.workdir,
                                                        log=self.workdir / f"{call.name}.log")

@@ -24,6 +24,8 @@ from wcsgw.media.transcoder import (
     EncodedAudio,
     EncodedVideo,
     VideoTranscoder,
+    aac_bitrate,
+    source_sample_rate,
     split_annexb,
 )
 
@@ -496,3 +498,35 @@ class SplitAnnexbTests(SynchronousTestCase):
     def test_no_start_code(self) -> None:
         """Bytes without a start code hold no NAL unit."""
         self.assertEqual(split_annexb(b"\x65\x88"), [])
+
+
+class RateTests(SynchronousTestCase):
+    def test_source_sample_rate(self) -> None:
+        """The rate each codec decodes to: G.711 8 kHz, Opus 48 kHz whatever it carries, Speex its clock rate."""
+        self.assertEqual(source_sample_rate("PCMU", 8000), 8000)
+        self.assertEqual(source_sample_rate("pcma", 8000), 8000)
+        self.assertEqual(source_sample_rate("opus", 48000), 48000)
+        self.assertEqual(source_sample_rate("speex", 16000), 16000)
+        with self.assertRaises(ValueError) as caught:
+            source_sample_rate("G729", 8000)
+        self.assertEqual(str(caught.exception), "unsupported audio codec 'G729': expected PCMU, PCMA, opus or speex")
+
+    def test_aac_bitrate_is_capped_at_what_the_rate_carries(self) -> None:
+        """6144 bits per channel per 1024-sample frame: 48 kbit/s mono at 8 kHz, the request when it fits."""
+        self.assertEqual(aac_bitrate(64000, 8000), 48000)
+        self.assertEqual(aac_bitrate(64000, 44100), 64000)
+        self.assertEqual(aac_bitrate(256000, 16000, 2), 192000)
+
+    def test_aac_bitrate_by_rate(self) -> None:
+        """0 asks for a bit rate that suits the sample rate, per channel."""
+        self.assertEqual([aac_bitrate(0, r) for r in (8000, 16000, 22050, 32000, 44100, 48000)],
+                         [24000, 32000, 48000, 48000, 64000, 64000])
+        self.assertEqual(aac_bitrate(0, 8000, 2), 48000)
+
+    def test_an_8khz_encoder_opens_at_the_capped_rate(self) -> None:
+        """An 8 kHz AAC transcoder asks the encoder for the capped bit rate (or by default 24 kbit/s), and its
+        AAC says 8 kHz mono."""
+        transcoder = AudioTranscoder("PCMU", 8000, sample_rate=8000, bitrate=64000)
+        self.assertEqual(transcoder._encoder.bit_rate, 48000)
+        self.assertEqual(AudioTranscoder("PCMU", 8000, sample_rate=8000)._encoder.bit_rate, 24000)
+        self.assertEqual(transcoder.audio_specific_config[:2], b"\x15\x88")

@@ -167,3 +167,51 @@ class AacTranscodeTests(TestCase):
         self.assertGreaterEqual(len(frames), 80)
         self.assertEqual(frames[0].sample_rate, 44100)
         yield stream.stop()
+
+    @inlineCallbacks
+    def test_pcmu_at_its_own_rate_reaches_the_worker_a_frame_at_a_time(self) -> Any:
+        """With ``aac_sample_rate`` 0 (source) PCMU becomes 8 kHz AAC, no resampling; contiguous payloads reach
+        the worker about one job per AAC frame (1024 samples, 6.4 packets) instead of one per packet, and no
+        audio is lost on the way: 2 s of packets give 2 s of AAC, in order, 128 ms apart."""
+        publishers: list[FakePublisher] = []
+
+        def factory(*args: Any, **kw: Any) -> FakePublisher:
+            publishers.append(FakePublisher(*args, **kw))
+            return publishers[-1]
+
+        stream = CallStream(reactor, "s3", StreamOptions(aac_sample_rate=0), audio=AUDIO_PCMU, video=None,
+                            request_keyframe=lambda: None, publisher_factory=factory)
+        stream.add_destination("d", "rtmp://127.0.0.1/live", "x", lambda *a: None)
+        now = reactor.seconds()
+        for n in range(100):
+            stream.media_event("audio", AudioFrame(n * 160, bytes([0x10 + (n * 7) % 90]) * 160, 0, now + n * 0.02),
+                               now + n * 0.02)
+        worker = stream._audio_worker
+        yield wait_for(lambda: worker.counters.processed == worker.counters.submitted, what="the audio worker")
+        # 16000 samples: 15 full frames; one job per frame (the last 640 samples wait for more)
+        self.assertEqual(worker.counters.submitted, 15)
+        yield wait_for(lambda: len([t for t in publishers[0].tags if t.tag_type == flv.TagType.AUDIO]) >= 15,
+                       what="AAC tags")
+        audio = [t for t in publishers[0].tags if t.tag_type == flv.TagType.AUDIO and not t.is_sequence_header]
+        steps = {b.timestamp_ms - a.timestamp_ms for a, b in zip(audio[1:], audio[2:])}
+        self.assertEqual(steps, {128})
+        data = flv.flv_file_bytes(publishers[0].tags, has_audio=True, has_video=False)
+        frames = list(av.open(io.BytesIO(data), format="flv").decode(audio=0))
+        self.assertEqual(frames[0].sample_rate, 8000)
+        self.assertGreaterEqual(sum(f.samples for f in frames), 13 * 1024)
+        self.assertEqual(stream._metadata_fields()["audiosamplerate"], 8000)
+        yield stream.stop()
+
+    @inlineCallbacks
+    def test_a_timestamp_jump_sends_the_gathered_audio_at_once(self) -> Any:
+        """A payload that does not follow the last one (loss, a new timeline) sends what was gathered as its own
+        job, so the worker sees the gap and fills or restarts its timeline as it does for single packets."""
+        stream = CallStream(reactor, "s4", StreamOptions(aac_sample_rate=0), audio=AUDIO_PCMU, video=None,
+                            request_keyframe=lambda: None, publisher_factory=FakePublisher)
+        now = reactor.seconds()
+        for n in (0, 1, 2, 5, 6):  # 3 and 4 lost
+            stream.media_event("audio", AudioFrame(n * 160, b"\x7f" * 160, 0, now + n * 0.02), now + n * 0.02)
+        worker = stream._audio_worker
+        self.assertEqual(worker.counters.submitted, 1)  # packets 0-2; 5-6 still gathering
+        self.assertEqual(stream._audio_batch_samples, 320)
+        yield stream.stop()

@@ -186,7 +186,8 @@ class GatewayBackend:
         self.stream_options = StreamOptions(
             transcode_video=settings.disable_streaming_proxy,
             audio_output=settings.rtmp_audio,
-            aac_sample_rate=int(settings.aac_sample_rate),
+            aac_sample_rate=0 if settings.aac_sample_rate == "source" else int(settings.aac_sample_rate),
+            audio_bitrate=settings.aac_bitrate,
             video_bitrate=settings.video_bitrate,
             reconnect_delays=settings.rtmp_reconnect_delays,
         )

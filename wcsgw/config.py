@@ -222,7 +222,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sip_t4", _parse_float(0.5, 60), 5.0, "SIP timer T4 (longest a message stays in the network), seconds"),
     Setting("rtmp_audio", _parse_choice("aac", "passthrough"), "aac",
             "RTMP audio: aac (transcode everything) or passthrough (G.711 and 16 kHz Speex as they are, others AAC)"),
-    Setting("aac_sample_rate", _parse_choice("44100", "48000"), "44100", "sample rate of the AAC audio sent to RTMP"),
+    Setting("aac_sample_rate", _parse_choice("source", "8000", "16000", "22050", "32000", "44100", "48000"), "44100",
+            "sample rate of the AAC audio sent to RTMP; source: the SIP codec's own (8000 for G.711: no resampling, "
+            "the least CPU)", "aac-sample-rate"),
+    Setting("aac_bitrate", _parse_int(0, 320_000), 0,
+            "bits per second of the AAC audio; 0: by its sample rate (24000 at 8 kHz, 32000 at 16 kHz, 48000 up to "
+            "32 kHz, 64000 at 44.1 and 48 kHz)"),
     Setting("video_bitrate", _parse_int(100_000, 20_000_000), 1_500_000,
             "bits per second of re-encoded H.264 (VP8 calls, or disable_streaming_proxy=true)"),
     Setting("rtmp_reconnect_delays", _parse_delays, (1.0, 2.0, 4.0, 8.0, 15.0),
@@ -271,6 +276,7 @@ class Settings:
     sip_t4: float
     rtmp_audio: str
     aac_sample_rate: str
+    aac_bitrate: int
     video_bitrate: int
     rtmp_reconnect_delays: tuple[float, ...]
     transcode_threads: int
