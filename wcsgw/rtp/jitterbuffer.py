@@ -17,21 +17,22 @@ restarts the stream: the next packet released has ``reset`` set.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections import OrderedDict
+from typing import NamedTuple
 
 from .packet import RTP_SEQ_MOD, RtpPacket, sequence_delta, timestamp_delta
 
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
-_RELEASED_MEMORY = 512
+_RELEASED_MEMORY = 512  # released sequence numbers remembered (to tell a duplicate from a late packet)
 _EPSILON = 1e-9  # float slack so a timer firing at next_deadline() always finds the wait over
 
 
-@dataclass(frozen=True)
-class Released:
+class Released(NamedTuple):
     """A packet leaving the buffer: ``lost_before`` packets were given up on just before it; ``reset`` marks the
-    first packet of a new stream (new SSRC or sequence restart); ``arrival`` is when the packet came in."""
+    first packet of a new stream (new SSRC or sequence restart); ``arrival`` is when the packet came in.
+
+    A named tuple, not a dataclass: one is made per packet, and a tuple is the cheapest object to make."""
 
     packet: RtpPacket
     lost_before: int = 0
@@ -71,8 +72,8 @@ class JitterBuffer:
         self._heap: list[int] = []
         self._bad_seq: int | None = None
         self._lost_accumulated = 0
-        self._released_recent: deque[int] = deque()
-        self._released_set: set[int] = set()
+        # slot n % _RELEASED_MEMORY holds the last extended number released there: a duplicate finds itself
+        self._released_ring: list[int] = [-1] * _RELEASED_MEMORY
         self._newest_timestamp: int | None = None
 
     @property
@@ -118,7 +119,7 @@ class JitterBuffer:
         self._bad_seq = None
 
         if self._next is not None and extended < self._next:
-            if extended in self._released_set:
+            if self._released_ring[extended % _RELEASED_MEMORY] == extended:
                 self.duplicates += 1
             else:
                 self.late += 1
@@ -131,6 +132,16 @@ class JitterBuffer:
             self._newest_timestamp = packet.timestamp
         elif self._newest_timestamp is None:
             self._newest_timestamp = packet.timestamp
+
+        if extended == self._next and not self._pending:
+            # the usual case, the next packet with nothing held: out at once, without the heap
+            out.append(Released(packet, self._lost_accumulated, self._reset_next, now))
+            self._lost_accumulated = 0
+            self._reset_next = False
+            self.released += 1
+            self._released_ring[extended % _RELEASED_MEMORY] = extended
+            self._next = extended + 1
+            return out
 
         if not self.enabled:
             if self._next is not None and extended > self._next:
@@ -201,10 +212,7 @@ class JitterBuffer:
             self._lost_accumulated = 0
             self._reset_next = False
             self.released += 1
-            self._released_recent.append(self._next)
-            self._released_set.add(self._next)
-            if len(self._released_recent) > _RELEASED_MEMORY:
-                self._released_set.discard(self._released_recent.popleft())
+            self._released_ring[self._next % _RELEASED_MEMORY] = self._next
             self._next += 1
 
     def _restart(self) -> None:

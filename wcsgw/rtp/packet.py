@@ -20,6 +20,7 @@ RTCP_MUX_FIRST_SECOND_BYTE = 192
 RTCP_MUX_LAST_SECOND_BYTE = 223
 
 _HEADER = struct.Struct("!BBHII")
+_PLAIN_FIRST_BYTE = RTP_VERSION << 6
 _EXTENSION_HEADER = struct.Struct("!HH")
 
 
@@ -53,7 +54,7 @@ class HeaderExtension:
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class RtpPacket:
     """One RTP packet. ``padding_size`` counts the padding octets, the last of which holds that count."""
 
@@ -73,6 +74,8 @@ class RtpPacket:
         if len(data) < RTP_HEADER_LENGTH:
             raise ValueError(f"RTP packet is {len(data)} bytes, shorter than the 12-byte header")
         first, second, sequence_number, timestamp, ssrc = _HEADER.unpack_from(data)
+        if first == _PLAIN_FIRST_BYTE:  # the usual packet: version 2, no padding, extension or CSRC
+            return cls(second & 0x7F, second > 0x7F, sequence_number, timestamp, ssrc, [], None, bytes(data[12:]), 0)
         version = first >> 6
         if version != RTP_VERSION:
             raise ValueError(f"RTP version is {version}, expected 2")

@@ -97,6 +97,8 @@ class MediaStreamSession:
         self._events: list[MediaEvent] = []
         self._outgoing: list[tuple[bytes, Address, str]] = []
         self._stats: dict[int, ReceiverStats] = {}
+        self._last_ssrc: int | None = None  # the SSRC of _last_stats, the entry of _stats used last
+        self._last_stats: ReceiverStats | None = None
         self.round_trip_time: float | None = None
         self.on_hold = False
         self.closed = False
@@ -220,33 +222,41 @@ class MediaStreamSession:
 
     def events(self) -> list[MediaEvent]:
         """Events since the last call, oldest first."""
-        out, self._events = self._events, []
-        return out
+        out = self._events
+        if out:
+            self._events = []
+        return out if out else []
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address, str]]:
         """``(data, address, "rtp" | "rtcp")``: the socket to send from is named (RTCP goes on "rtp" with mux)."""
-        out, self._outgoing = self._outgoing, []
-        return out
+        out = self._outgoing
+        if out:
+            self._outgoing = []
+        return out if out else []
 
     def get_timer(self) -> float | None:
+        """When ``handle_timer`` is due next (None: closed).  Runs after every datagram, hence the plain code."""
         if self.closed:
             return None
-        candidates = [self._next_rtcp]
+        when = self._next_rtcp
         deadline = self._buffer.next_deadline()
-        if deadline is not None:
-            candidates.append(deadline)
+        if deadline is not None and deadline < when:
+            when = deadline
         if self._kf_needed and self._buffer.ssrc is not None:
-            candidates.append(self._keyframe_due())
-        if self._keepalive_active():
-            candidates.append(self._next_keepalive)
+            due = self._keyframe_due()
+            if due < when:
+                when = due
+        if self._next_keepalive < when and self._keepalive_active():
+            when = self._next_keepalive
         if self._dtmf_due:
-            candidates.append(self._dtmf_due[0][0])
-        elif self._dtmf_digits:
-            candidates.append(self._dtmf_next_start)
-        if self._inactivity_watched():
-            assert self.config.rtp_activity_timeout is not None
-            candidates.append(self._last_rtp + self.config.rtp_activity_timeout)
-        return min(candidates)
+            if self._dtmf_due[0][0] < when:
+                when = self._dtmf_due[0][0]
+        elif self._dtmf_digits and self._dtmf_next_start < when:
+            when = self._dtmf_next_start
+        timeout = self.config.rtp_activity_timeout
+        if timeout and self._last_rtp + timeout < when and self._inactivity_watched():
+            when = self._last_rtp + timeout
+        return when
 
     def handle_timer(self, now: float) -> None:
         if self.closed:
@@ -346,12 +356,15 @@ class MediaStreamSession:
         self._broken_seen = broken
 
     def _stats_for(self, ssrc: int) -> ReceiverStats:
+        if ssrc == self._last_ssrc:  # already the most recently used
+            return self._last_stats  # type: ignore[return-value]
         stats = self._stats.pop(ssrc, None)
         if stats is None:
             stats = ReceiverStats(ssrc, self.params.clock_rate)
             if len(self._stats) >= _MAX_STATS:
                 del self._stats[next(iter(self._stats))]
         self._stats[ssrc] = stats  # most recently used last
+        self._last_ssrc, self._last_stats = ssrc, stats
         return stats
 
     def _dispatch(self, released: list[Released], now: float) -> None:

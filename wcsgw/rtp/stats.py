@@ -6,7 +6,6 @@ reference for the RTMP pipeline, and the source of LSR/DLSR in our reports.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from .packet import RTP_SEQ_MOD, RtpPacket, timestamp_delta
@@ -15,6 +14,7 @@ from .rtcp import ReportBlock, RtcpSenderReport, ntp_middle, ntp_to_seconds
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 _DUPLICATE_WINDOW = 1024
+_TIMESTAMP_MOD = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class ReceiverStats:
         self._received_since_report = 0
         self._transit: int | None = None
         self._jitter = 0.0
-        self._recent: deque[int] = deque()
-        self._recent_set: set[int] = set()
+        # slot n % _DUPLICATE_WINDOW holds the last extended sequence number counted there
+        self._recent: list[int] = [-1] * _DUPLICATE_WINDOW
 
     @property
     def extended_highest_sequence(self) -> int:
@@ -114,7 +114,7 @@ class ReceiverStats:
                     return
             else:
                 extended = self._extend(seq)
-                if extended in self._recent_set:
+                if self._recent[extended % _DUPLICATE_WINDOW] == extended:
                     self.duplicated += 1
                     self.received += 1
                     self._received_since_report += 1
@@ -125,11 +125,19 @@ class ReceiverStats:
                 self._received_since_report += 1
                 self.octets += len(packet.payload)
                 return
-        self._remember(self.extended_highest_sequence)
+        highest = self._cycles + self._max_seq
+        self._recent[highest % _DUPLICATE_WINDOW] = highest
         self.received += 1
         self._received_since_report += 1
         self.octets += len(packet.payload)
-        self._update_jitter(packet.timestamp, arrival)
+        # interarrival jitter (A.8), inline: this runs for every packet
+        transit = int(arrival * self.clock_rate) - packet.timestamp
+        if self._transit is not None:
+            d = (transit - self._transit) % _TIMESTAMP_MOD  # modulo 2**32: a timestamp wrap is not a jump
+            if d >= _TIMESTAMP_MOD // 2:
+                d = _TIMESTAMP_MOD - d
+            self._jitter += (d - self._jitter) / 16.0
+        self._transit = transit
 
     def on_sender_report(self, report: RtcpSenderReport, arrival: float) -> SenderReportInfo:
         """Keep a sender report's timing for LSR/DLSR and lip sync."""
@@ -184,8 +192,7 @@ class ReceiverStats:
         self.received = 0
         self._expected_prior = 0
         self._received_prior = 0
-        self._recent.clear()
-        self._recent_set.clear()
+        self._recent = [-1] * _DUPLICATE_WINDOW
 
     def _extend(self, seq: int) -> int:
         """Extended value of a sequence number just below the highest one (misordered packets)."""
@@ -195,16 +202,4 @@ class ReceiverStats:
         return extended
 
     def _remember(self, extended: int) -> None:
-        self._recent.append(extended)
-        self._recent_set.add(extended)
-        if len(self._recent) > _DUPLICATE_WINDOW:
-            self._recent_set.discard(self._recent.popleft())
-
-    def _update_jitter(self, rtp_timestamp: int, arrival: float) -> None:
-        arrival_units = int(arrival * self.clock_rate)
-        transit = arrival_units - rtp_timestamp
-        if self._transit is not None:
-            # the difference of transits, taken modulo 2**32 so a timestamp wrap is not a jump
-            d = abs(timestamp_delta(transit % (1 << 32), self._transit % (1 << 32)))
-            self._jitter += (d - self._jitter) / 16.0
-        self._transit = transit
+        self._recent[extended % _DUPLICATE_WINDOW] = extended
