@@ -1,0 +1,160 @@
+"""The reactor thread's work per RTP packet of one call, in process, without sockets or threads.
+
+    .venv/bin/python -m bench.pipeline                 # 30 s of the bench's media, cost per packet
+    .venv/bin/python -m bench.pipeline --profile 25    # and the 25 costliest functions (cProfile)
+
+The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
+own classes, as one call: each datagram into ``MediaSocketProtocol.datagramReceived`` (RTP parse, latch, stats,
+jitter buffer, depacketizer, events), ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a
+``StringTransport`` (after a scripted RTMP handshake), with a ``MemoryReactorClock`` advanced to each packet's
+time, so the timers run as they would.  Audio is passed through as G.711 here: AAC runs in worker threads, which
+``bench/run.py`` measures.  What this leaves out is Twisted's own per-datagram cost (epoll, ``recvfrom``) and
+the kernel's; ``bench/run.py`` measures the whole process.
+
+It prints microseconds of CPU per packet and what that makes in seconds per call-minute at the bench's packet
+rates.  Use it to see what a change to the per-packet path costs without running the whole bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import gc
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.media import ensure_media, read_pcap_rtp  # noqa: E402
+from tests.rtmp_fakes import FakeRtmpServer  # noqa: E402
+from wcsgw.rtmp.publisher import RtmpPublisher  # noqa: E402
+from wcsgw.rtp.packet import RtpPacket  # noqa: E402
+from wcsgw.rtp.params import MediaParams, SessionConfig  # noqa: E402
+from wcsgw.rtp.protocol import MediaStreamProtocol  # noqa: E402
+from wcsgw.rtp.session import MediaStreamSession  # noqa: E402
+from wcsgw.stream import CallStream, StreamOptions  # noqa: E402
+
+FAR = ("127.0.0.1", 40000)
+
+
+@functools.lru_cache(maxsize=2)
+def _packets(seconds: float) -> list[tuple[float, str, bytes]]:
+    """(time, kind, datagram) of ``seconds`` of the bench's call, video and audio merged in time order."""
+    media = ensure_media()
+    video = read_pcap_rtp(Path(media.video_pcap))
+    start = video[0][0]
+    out = [(t - start, "video", data) for t, data in video if t - start < seconds]
+    tone = Path(media.audio_ulaw).read_bytes()
+    for n in range(int(seconds / 0.02)):
+        payload = tone[(n * 160) % (len(tone) - 160):][:160]
+        packet = RtpPacket(payload_type=0, sequence_number=n % 65536, timestamp=(n * 160) % 2**32, ssrc=0x1234,
+                           payload=payload)
+        out.append((n * 0.02, "audio", bytes(packet)))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+class Call:
+    """One call's reactor-side objects, wired as the backend wires them."""
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.reactor = reactor
+        audio = MediaParams(kind="audio", codec="PCMU", payload_type=0, clock_rate=8000, remote_rtp_addr=FAR[0],
+                            remote_rtp_port=FAR[1])
+        video = MediaParams(kind="video", codec="H264", payload_type=112, clock_rate=90000,
+                            remote_rtp_addr=FAR[0], remote_rtp_port=FAR[1] + 2)
+        self.stream = CallStream(reactor, "bench", StreamOptions(audio_output="passthrough"), audio=audio,
+                                 video=video, request_keyframe=lambda: None, publisher_factory=RtmpPublisher)
+        config = SessionConfig()
+        now = reactor.seconds()
+        self.protocols = {
+            kind: MediaStreamProtocol(reactor, MediaStreamSession(params, config, now),
+                                      lambda event, kind=kind: self.stream.media_event(kind, event,
+                                                                                       reactor.seconds()))
+            for kind, params in (("audio", audio), ("video", video))
+        }
+        self.publisher = self.stream.add_destination("bench", "rtmp://127.0.0.1/live", "bench", lambda *a: None)
+        factory = reactor.tcpClients[-1][2]
+        self.rtmp = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.server = FakeRtmpServer()
+        self.rtmp.makeConnection(self.transport)
+        for _ in range(20):
+            data = self.transport.value()
+            self.transport.clear()
+            if not data:
+                break
+            reply = self.server.receive(data)
+            if reply:
+                self.rtmp.dataReceived(reply)
+        if not self.publisher.active:
+            raise RuntimeError("the scripted RTMP server did not accept the publish")
+        self.rtmp_bytes = 0
+
+    def drain(self) -> None:
+        self.rtmp_bytes += len(self.transport.value())
+        self.transport.clear()
+
+
+def run(seconds: float, profile: int, calls: int = 1) -> dict[str, Any]:
+    packets = _packets(seconds)
+    gc.collect()
+    reactor = MemoryReactorClock()
+    all_calls = [Call(reactor) for _ in range(calls)]
+    call = all_calls[0]
+    addrs = {"audio": FAR, "video": (FAR[0], FAR[1] + 2)}
+    profiler = cProfile.Profile() if profile else None
+    started = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    base = reactor.seconds()
+    for n, (when, kind, data) in enumerate(packets):
+        delay = base + when - reactor.seconds()
+        if delay > 0:
+            reactor.advance(delay)
+        addr = addrs[kind]
+        for one in all_calls:  # the same packet to every call, as N far ends sending the same file would
+            one.protocols[kind].rtp_protocol.datagramReceived(data, addr)
+        if n % 64 == 0:
+            for one in all_calls:
+                one.drain()
+    if profiler is not None:
+        profiler.disable()
+    cpu = time.process_time() - started
+    call.drain()
+    counts = {kind: sum(1 for _w, k, _d in packets if k == kind) for kind in ("audio", "video")}
+    result = {"seconds": seconds, "calls": calls, "packets": len(packets) * calls, **counts, "cpu": cpu,
+              "us_per_packet": cpu / len(packets) / calls * 1e6, "s_per_call_minute": cpu / seconds * 60 / calls,
+              "rtmp_kbit_s": call.rtmp_bytes * 8 / seconds / 1000,
+              "frames": call.protocols["video"].session.counters.frames if call.protocols["video"].session else 0}
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="media time to push through (default 30)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
+    parser.add_argument("--repeat", type=int, default=5, help="runs; the cheapest is reported (default 5)")
+    parser.add_argument("--calls", type=int, default=1, help="calls fed side by side (default 1)")
+    args = parser.parse_args(argv)
+    r = min((run(args.seconds, args.profile, args.calls) for _ in range(max(1, args.repeat))),
+            key=lambda r: r["cpu"])
+    print(f"{r['calls']} call(s), {r['packets']} packets ({r['video']} video, {r['audio']} audio per call) in "
+          f"{r['seconds']:g} s of media: "
+          f"{r['cpu']:.3f} s CPU, {r['us_per_packet']:.1f} us per packet, {r['s_per_call_minute']:.3f} s per "
+          f"call-minute on the reactor thread; {r['frames']} video frames, RTMP {r['rtmp_kbit_s']:.0f} kbit/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
