@@ -29,6 +29,7 @@ from wcsgw.rtp.params import (ByeReceived, DtmfReceived, KeyframeNeeded, MediaPa
 from wcsgw.rtp.ports import PortAllocator, PortsExhausted
 from wcsgw.rtp.protocol import MediaStreamProtocol
 from wcsgw.rtp.session import MediaStreamSession
+from wcsgw.rtp.udp import MediaSockets
 from wcsgw.rtp.srtp import SUPPORTED_SUITES, CryptoAttribute, generate_crypto
 from wcsgw.sip.protocol import CallHandle, CallStateError, OutgoingCall, SipUserAgent
 from wcsgw.sip.sdp import (DEFAULT_AUDIO_CODECS, DEFAULT_VIDEO_CODECS, Crypto, Direction, MediaKind, MediaOffer,
@@ -165,8 +166,12 @@ class GatewayBackend:
         rng: random.Random | None = None,
         pool: WorkerPool | None = None,
         public_address: str | None = None,
+        media_sockets: MediaSockets | None = None,
     ) -> None:
+        """``media_sockets``: bind RTP/RTCP through it (one reactor reader for every media socket); without it
+        each socket is a ``reactor.listenUDP``."""
         self.reactor = reactor
+        self.media_sockets = media_sockets
         self.settings = settings
         self.agent = agent
         self.allocator = allocator
@@ -299,7 +304,8 @@ class CallMedia:
         backend = self.backend
         try:
             for kind in KINDS:
-                protocol = MediaStreamProtocol(backend.reactor, None, lambda event, kind=kind: self._event(kind, event))
+                protocol = MediaStreamProtocol(backend.reactor, None, lambda event, kind=kind: self._event(kind, event),
+                                               sockets=backend.media_sockets)
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
         except PortsExhausted:

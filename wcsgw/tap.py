@@ -12,6 +12,7 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -25,7 +26,9 @@ from wcsgw.metrics import ReactorLagMonitor, render
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
 from wcsgw.rest.tls import certificate_paths, server_context
+from wcsgw.rtp import udp
 from wcsgw.rtp.ports import PortAllocator
+from wcsgw.rtp.udp import MediaSockets
 from wcsgw.sip.protocol import SipUserAgent
 
 log = Logger()
@@ -115,8 +118,10 @@ class GatewayService(service.MultiService):
                                   t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
         self.pool = WorkerPool(reactor, settings.transcode_threads or os.cpu_count() or 2, name="wcsgw-tc")
+        self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0)
+                              if udp.available() and IReactorFDSet.providedBy(reactor) else None)
         self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool,
-                                      public_address=public_address)
+                                      public_address=public_address, media_sockets=self.media_sockets)
         self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(public_address),
                                    ended_call_ttl=settings.ended_call_ttl, backend=self.backend)
         self.backend.manager = self.manager
@@ -164,6 +169,8 @@ class GatewayService(service.MultiService):
         self.notifier.stop()
         yield self.poster.close()
         yield self.pool.stop()
+        if self.media_sockets is not None:
+            self.media_sockets.close()
 
 
 def makeService(options: Options) -> service.IService:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from .params import MediaEvent, MediaParams
 from .ports import PortAllocator
 from .session import MediaStreamSession
+from .udp import MediaSockets
 
 log = Logger()
 
@@ -34,8 +35,12 @@ class MediaSocketProtocol(DatagramProtocol):
         self.channel = channel
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.datagram_arrived(datagram, addr, None)
+
+    def datagram_arrived(self, datagram: bytes, addr: Any, arrival: float | None) -> None:
+        """A datagram that arrived at ``arrival`` (the kernel's timestamp; None: now), from ``MediaSockets``."""
         try:
-            self.owner.datagram_received(self.channel, datagram, (addr[0], addr[1]))
+            self.owner.datagram_received(self.channel, datagram, (addr[0], addr[1]), arrival)
         except Exception:
             self.owner.errors += 1
             log.failure("media {channel} datagram from {addr} failed", channel=self.channel, addr=addr)
@@ -54,8 +59,12 @@ class MediaStreamProtocol:
         reactor: Any,  # IReactorTime and IReactorUDP
         session: MediaStreamSession | None,
         on_event: Callable[[MediaEvent], None],
+        sockets: MediaSockets | None = None,
     ) -> None:
+        """``sockets``: bind through this ``MediaSockets`` (one reactor reader for all media sockets) instead of
+        ``reactor.listenUDP``."""
         self.reactor = reactor
+        self._sockets = sockets
         self.session = session
         self.on_event = on_event
         self.errors = 0
@@ -66,6 +75,7 @@ class MediaStreamProtocol:
         # IListeningPort per channel, and the one IDelayedCall (typed Any: no zope plugin for mypy here)
         self._ports: dict[str, Any] = {}
         self._timer: Any = None
+        self._timer_at = 0.0  # when the armed timer fires
         self._stopped = False
 
     # --- sockets ----------------------------------------------------------------------------------------------
@@ -73,16 +83,21 @@ class MediaStreamProtocol:
     def listen(self, rtp_port: int, rtcp_port: int | None, interface: str = "") -> None:
         """Bind the RTP socket and, unless ``rtcp_port`` is None, the RTCP one; ``CannotListenError`` leaves
         nothing bound."""
-        rtp = self.reactor.listenUDP(rtp_port, self.rtp_protocol, interface=interface)
+        rtp = self._listen(rtp_port, self.rtp_protocol, interface)
         if rtcp_port is not None:
             try:
-                rtcp = self.reactor.listenUDP(rtcp_port, self.rtcp_protocol, interface=interface)
+                rtcp = self._listen(rtcp_port, self.rtcp_protocol, interface)
             except CannotListenError:
                 rtp.stopListening()
                 raise
             self._ports[RTCP] = rtcp
         self._ports[RTP] = rtp
         self._service()
+
+    def _listen(self, port: int, protocol: MediaSocketProtocol, interface: str) -> Any:
+        if self._sockets is not None:
+            return self._sockets.bind(port, protocol, interface)
+        return self.reactor.listenUDP(port, protocol, interface=interface)
 
     def listen_allocated(self, allocator: PortAllocator, interface: str = "", rtcp: bool = True) -> tuple[int, int]:
         """Bind a pair from ``allocator``, skipping pairs that fail to bind; raise ``PortsExhausted`` if none
@@ -154,18 +169,20 @@ class MediaStreamProtocol:
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
-    def datagram_received(self, channel: str, data: bytes, addr: tuple[str, int]) -> None:
-        if self._stopped:
-            return
-        if self.session is None:
-            self.early_datagrams += 1
+    def datagram_received(self, channel: str, data: bytes, addr: tuple[str, int],
+                          arrival: float | None = None) -> None:
+        session = self.session
+        if session is None or self._stopped:
+            if not self._stopped:
+                self.early_datagrams += 1
             return
         now = self.reactor.seconds()
         if channel == RTP:
-            self.session.receive_rtp(data, addr, now)
+            session.receive_rtp(data, addr, now if arrival is None else arrival)
         else:
-            self.session.receive_rtcp(data, addr, now)
-        self._service()
+            session.receive_rtcp(data, addr, now if arrival is None else arrival)
+        self._flush()
+        self._arm_timer(now)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -182,7 +199,7 @@ class MediaStreamProtocol:
         if self._stopped or self.session is None:
             return
         self._flush()
-        self._arm_timer()
+        self._arm_timer(self.reactor.seconds())
 
     def _flush(self) -> None:
         for data, addr, channel in self.session.datagrams_to_send():
@@ -202,18 +219,22 @@ class MediaStreamProtocol:
                 self.errors += 1
                 log.failure("media event handler failed for {event!r}", event=event)
 
-    def _arm_timer(self) -> None:
+    def _arm_timer(self, now: float) -> None:
+        """Have the timer fire by the session's next deadline.  A timer already due sooner is kept: it fires
+        early, the session finds nothing due, and the timer is armed again for the real deadline.  Most
+        datagrams move no deadline earlier, so most leave the reactor's timer heap alone."""
+        assert self.session is not None
         when = self.session.get_timer()
         if when is None:
             self._cancel_timer()
             return
-        delay = max(0.0, when - self.reactor.seconds())
-        if self._timer is not None and self._timer.active():
-            if abs(self._timer.getTime() - (self.reactor.seconds() + delay)) < 1e-6:
+        if self._timer is not None:
+            if self._timer_at <= when:
                 return
-            self._timer.reset(delay)
-            return
-        self._timer = self.reactor.callLater(delay, self._on_timer)
+            self._timer.reset(max(0.0, when - now))
+        else:
+            self._timer = self.reactor.callLater(max(0.0, when - now), self._on_timer)
+        self._timer_at = when
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

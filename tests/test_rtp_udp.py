@@ -1,0 +1,171 @@
+"""Tests for wcsgw.rtp.udp: media sockets behind one reactor reader, on real loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.e2e.gateway import wait_for
+from wcsgw.rtp import udp
+from wcsgw.rtp.udp import MediaSockets
+
+LOCAL = "127.0.0.1"
+
+
+class Recorder(DatagramProtocol):
+    def __init__(self, fail_on: bytes | None = None) -> None:
+        self.datagrams: list[tuple[bytes, Any]] = []
+        self.fail_on = fail_on
+        self.stopped = False
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        if datagram == self.fail_on:
+            raise RuntimeError("protocol failure on purpose")
+        self.datagrams.append((datagram, addr))
+
+    def stopProtocol(self) -> None:  # noqa: N802
+        self.stopped = True
+
+
+class MediaSocketsTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not udp.available():
+            raise SkipTest("no epoll here")
+        self.sockets = MediaSockets(reactor)
+        self.addCleanup(self.sockets.close)
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.bind((LOCAL, 0))
+        self.peer.settimeout(10)
+        self.addCleanup(self.peer.close)
+
+    def bind(self, protocol: DatagramProtocol) -> Any:
+        return self.sockets.bind(0, protocol, LOCAL)
+
+    @inlineCallbacks
+    def test_datagrams_reach_their_own_protocol(self) -> Any:
+        """Datagrams sent to two sockets reach the protocol bound to each, with the sender's (host, port); the
+        reactor watches one reader for both."""
+        first, second = Recorder(), Recorder()
+        a, b = self.bind(first), self.bind(second)
+        self.assertEqual([r for r in reactor.getReaders() if r is self.sockets], [self.sockets])
+        for n in range(20):
+            self.peer.sendto(b"a%d" % n, (LOCAL, a.getHost().port))
+            self.peer.sendto(b"b%d" % n, (LOCAL, b.getHost().port))
+        yield wait_for(lambda: len(first.datagrams) == 20 and len(second.datagrams) == 20, what="40 datagrams")
+        self.assertEqual([d for d, _ in first.datagrams], [b"a%d" % n for n in range(20)])
+        self.assertEqual([d for d, _ in second.datagrams], [b"b%d" % n for n in range(20)])
+        self.assertEqual({addr for _, addr in first.datagrams}, {self.peer.getsockname()})
+        self.assertEqual(self.sockets.datagrams, 40)
+        self.assertLessEqual(self.sockets.drains, 40)
+
+    def test_write_sends_from_the_socket(self) -> None:
+        """A socket's write sends from its own port."""
+        media = self.bind(Recorder())
+        media.write(b"hello", self.peer.getsockname())
+        data, addr = self.peer.recvfrom(100)
+        self.assertEqual((data, addr), (b"hello", (LOCAL, media.getHost().port)))
+
+    @inlineCallbacks
+    def test_a_failing_protocol_does_not_stop_the_others(self) -> Any:
+        """An exception from one protocol is logged and counted; later datagrams, to it and to other sockets,
+        are still delivered."""
+        bad, good = Recorder(fail_on=b"boom"), Recorder()
+        a, b = self.bind(bad), self.bind(good)
+        self.peer.sendto(b"boom", (LOCAL, a.getHost().port))
+        self.peer.sendto(b"ok", (LOCAL, b.getHost().port))
+        self.peer.sendto(b"after", (LOCAL, a.getHost().port))
+        yield wait_for(lambda: good.datagrams and bad.datagrams, what="the datagrams after the failure")
+        self.assertEqual(self.sockets.protocol_errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(bad.datagrams[0][0], b"after")
+
+    def test_stop_listening_frees_the_port_and_the_reader(self) -> None:
+        """stopListening closes the socket (the port can be bound again), stops the protocol, and the last one
+        removes the reader from the reactor."""
+        recorder = Recorder()
+        media = self.bind(recorder)
+        port = media.getHost().port
+        self.assertIn(self.sockets, reactor.getReaders())
+        self.successResultOf(media.stopListening())
+        self.assertTrue(recorder.stopped)
+        self.assertNotIn(self.sockets, reactor.getReaders())
+        self.assertEqual(len(self.sockets), 0)
+        again = self.sockets.bind(port, Recorder(), LOCAL)
+        self.assertEqual(again.getHost().port, port)
+
+    def test_a_busy_port_raises_cannot_listen(self) -> None:
+        """Binding a port in use raises CannotListenError, as listenUDP does, and leaves nothing registered."""
+        media = self.bind(Recorder())
+        with self.assertRaises(CannotListenError):
+            self.sockets.bind(media.getHost().port, Recorder(), LOCAL)
+        self.assertEqual(len(self.sockets), 1)
+
+
+class Stamped(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: list[float] = []
+
+    def datagram_arrived(self, datagram: bytes, addr: Any, arrival: float) -> None:
+        self.datagrams.append((datagram, addr))
+        self.arrivals.append(arrival)
+
+
+class IntervalTests(TestCase):
+    """MediaSockets with an interval: drains on a timer, arrival times from the kernel."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not udp.available():
+            raise SkipTest("no epoll here")
+        self.sockets = MediaSockets(reactor, interval=0.05)
+        self.addCleanup(self.sockets.close)
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.bind((LOCAL, 0))
+        self.addCleanup(self.peer.close)
+
+    @inlineCallbacks
+    def test_datagrams_come_in_batches_with_their_kernel_arrival_time(self) -> Any:
+        """Datagrams sent between two drains are delivered together, each with the time the kernel received it
+        (before the drain, after the send), to ``datagram_arrived``; no reactor reader is added."""
+        recorder = Stamped()
+        media = self.sockets.bind(0, recorder, LOCAL)
+        self.assertNotIn(self.sockets, reactor.getReaders())
+        sent = []
+        for n in range(30):
+            sent.append(time.time())
+            self.peer.sendto(b"%d" % n, (LOCAL, media.getHost().port))
+        yield wait_for(lambda: len(recorder.datagrams) == 30, what="30 datagrams")
+        delivered = time.time()
+        self.assertEqual([d for d, _ in recorder.datagrams], [b"%d" % n for n in range(30)])
+        self.assertLessEqual(self.sockets.drains, 3)  # 50 ms apart: the 30 datagrams take one or two
+        for when, arrival in zip(sent, recorder.arrivals):
+            self.assertGreaterEqual(arrival, when - 0.001)  # kernel microseconds against time.time()
+            self.assertLessEqual(arrival, delivered)
+        self.assertEqual(recorder.arrivals, sorted(recorder.arrivals))
+
+    def test_the_timer_stops_with_the_last_socket(self) -> None:
+        """The drain timer runs only while a socket is bound."""
+        media = self.sockets.bind(0, Recorder(), LOCAL)
+        self.assertIsNotNone(self.sockets._timer)
+        self.assertTrue(self.sockets._timer.active())
+        timer = self.sockets._timer
+        self.successResultOf(media.stopListening())
+        self.assertFalse(timer.active())
+        self.assertIsNone(self.sockets._timer)
+
+    def test_negative_interval(self) -> None:
+        """A negative interval is refused."""
+        with self.assertRaises(ValueError) as caught:
+            MediaSockets(reactor, interval=-1)
+        self.assertEqual(str(caught.exception), "interval must not be negative, not -1")

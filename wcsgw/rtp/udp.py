@@ -1,0 +1,257 @@
+"""Media sockets read in batches: ``MediaSockets`` (Linux epoll).
+
+Twisted's ``listenUDP`` gives every socket its own reader: each readable socket costs the reactor a dispatch
+through ``callWithLogger`` and its log context, then ``Port.doRead`` reads until a ``recvfrom`` raises
+``EAGAIN``.  An RTP socket carries one datagram per wake-up most of the time, so that is paid per packet:
+measured here, 16 us per datagram with 200 sockets, against 7 us with this module.
+
+``MediaSockets`` keeps an ``epoll`` set of its own.  A drain reads one datagram from each socket the set reports
+ready, polls it again, and so on until nothing is ready (or ``max_batch`` datagrams were read); then it hands
+every datagram to its protocol.  Reading first and processing after keeps the system calls together: Python code
+runs markedly slower right after a system call on this machine (the kernel's work evicts the interpreter's
+caches; ``bench/pipeline.py`` showed 35 us per packet become 54 us with one UDP send and receive between
+packets).
+
+When drains happen: with ``interval`` 0, whenever a socket is readable (the epoll set is one ``IReadDescriptor``
+of the reactor); with ``interval`` > 0, every ``interval`` seconds on a timer, so that a drain finds a few
+datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams a drain instead of 2).  The
+datagrams then wait up to ``interval`` in the kernel, so their arrival time is the kernel's receive timestamp
+(``SO_TIMESTAMP``), not the drain's: jitter statistics and latency histograms stay exact.
+
+Datagrams go to the protocol bound to the socket: ``datagram_arrived(data, addr, arrival)`` when it has that
+method, else ``datagramReceived(data, addr)``; ``addr`` is ``(host, port)``.  A socket is bound with ``bind``
+(``CannotListenError`` as ``listenUDP`` raises it) and its ``MediaSocket`` is the protocol's transport:
+``write(datagram, addr)``, ``getHost()``, ``stopListening()``.
+
+Errors never reach the reactor: a receive error and an exception from a protocol are logged and counted, and the
+other datagrams are served.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+MAX_DATAGRAM = 65535
+SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux: a struct timeval with each datagram
+_TIMEVAL = struct.Struct("@ll")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMEVAL.size)
+_IGNORED_RECV_ERRORS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
+
+
+def available() -> bool:
+    """Whether this platform has epoll (Linux)."""
+    return hasattr(select, "epoll")
+
+
+class MediaSocket:
+    """One bound UDP socket of a ``MediaSockets``; the transport of its protocol."""
+
+    def __init__(self, owner: MediaSockets, sock: socket.socket, protocol: Any) -> None:
+        self._owner = owner
+        self.socket = sock
+        self.protocol = protocol
+        arrived = getattr(protocol, "datagram_arrived", None)
+        self.deliver: Callable[[bytes, Any, float], None] = (
+            arrived if arrived is not None else lambda data, addr, _arrival: protocol.datagramReceived(data, addr))
+        self.fileno = sock.fileno()
+        self._host = sock.getsockname()
+        self.closed = False
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """Send ``datagram`` to ``addr``; ``OSError`` from ``sendto`` is raised (the caller counts it), except
+        a full socket buffer, which drops the datagram as a congested network would."""
+        try:
+            self.socket.sendto(datagram, addr)
+        except BlockingIOError:
+            self._owner.send_drops += 1
+
+    def getHost(self) -> IPv4Address | IPv6Address:  # noqa: N802 -- IListeningPort's name
+        if self.socket.family == socket.AF_INET6:
+            return IPv6Address("UDP", self._host[0], self._host[1])
+        return IPv4Address("UDP", self._host[0], self._host[1])
+
+    def stopListening(self) -> Deferred[None]:  # noqa: N802 -- IListeningPort's name
+        """Close the socket (at once: nothing is buffered on our side)."""
+        if not self.closed:
+            self.closed = True
+            self._owner._remove(self)
+            self.socket.close()
+            self.protocol.doStop()
+        return succeed(None)
+
+
+@implementer(IReadDescriptor)
+class MediaSockets:
+    """UDP sockets read through one inner epoll set, in batches (see the module docstring)."""
+
+    def __init__(self, reactor: Any, *, interval: float = 0.0, max_batch: int = 4096,
+                 receive_buffer: int | None = None) -> None:
+        """``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``interval``: seconds between drains (0:
+        drain whenever a socket is readable); ``receive_buffer`` sets each socket's SO_RCVBUF (the kernel caps it
+        at net.core.rmem_max)."""
+        if interval < 0:
+            raise ValueError(f"interval must not be negative, not {interval}")
+        self._reactor = reactor
+        self._epoll = select.epoll()
+        self._sockets: dict[int, MediaSocket] = {}
+        self.interval = interval
+        self._max_batch = max_batch
+        self._receive_buffer = receive_buffer
+        self._reading = False
+        self._timer: Any = None
+        # counters
+        self.datagrams = 0
+        self.drains = 0
+        self.receive_errors = 0
+        self.protocol_errors = 0
+        self.send_drops = 0
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def bind(self, port: int, protocol: Any, interface: str = "") -> MediaSocket:
+        """Bind a UDP socket to ``interface``:``port`` for ``protocol`` (a ``DatagramProtocol``)."""
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if self._receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+            if self.interval:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+            sock.bind((interface, port))
+        except OSError as exc:
+            sock.close()
+            raise CannotListenError(interface, port, exc) from exc
+        media = MediaSocket(self, sock, protocol)
+        self._sockets[media.fileno] = media
+        self._epoll.register(media.fileno, select.EPOLLIN)
+        protocol.makeConnection(media)
+        self._start()
+        return media
+
+    def _start(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        if self.interval:
+            self._timer = self._reactor.callLater(self.interval, self._tick)
+        else:
+            self._reactor.addReader(self)
+
+    def _stop(self) -> None:
+        if not self._reading:
+            return
+        self._reading = False
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        else:
+            self._reactor.removeReader(self)
+
+    def _remove(self, media: MediaSocket) -> None:
+        if self._sockets.get(media.fileno) is media:
+            del self._sockets[media.fileno]
+            try:
+                self._epoll.unregister(media.fileno)
+            except OSError:
+                pass
+        if not self._sockets:
+            self._stop()
+
+    def close(self) -> None:
+        """Close every socket and the epoll set."""
+        for media in list(self._sockets.values()):
+            media.stopListening()
+        self._stop()
+        self._epoll.close()
+
+    def _tick(self) -> None:
+        self._timer = None
+        try:
+            self.drain()
+        finally:
+            if self._reading:
+                self._timer = self._reactor.callLater(self.interval, self._tick)
+
+    def drain(self) -> None:
+        """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it."""
+        self.drains += 1
+        batch = self._read()
+        for media, data, addr, arrival in batch:
+            if media.closed:  # an earlier datagram of the batch ended its call
+                continue
+            try:
+                media.deliver(data, addr, arrival)
+            except Exception:
+                self.protocol_errors += 1
+                log.failure("media datagram from {addr} failed", addr=addr)
+
+    def _read(self) -> list[tuple[MediaSocket, bytes, Any, float]]:
+        batch: list[tuple[MediaSocket, bytes, Any, float]] = []
+        poll = self._epoll.poll
+        sockets = self._sockets
+        stamped = bool(self.interval)
+        now = 0.0 if stamped else self._reactor.seconds()
+        unpack = _TIMEVAL.unpack
+        limit = self._max_batch
+        while len(batch) < limit:
+            ready = poll(0)
+            if not ready:
+                break
+            for fd, _mask in ready:
+                media = sockets.get(fd)
+                if media is None:
+                    continue
+                try:
+                    if stamped:
+                        data, ancillary, _flags, addr = media.socket.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
+                        arrival = now
+                        for level, kind, value in ancillary:
+                            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= _TIMEVAL.size:
+                                seconds, micros = unpack(value[:_TIMEVAL.size])
+                                arrival = seconds + micros * 1e-6
+                        if not arrival:
+                            arrival = now = self._reactor.seconds()
+                    else:
+                        data, addr = media.socket.recvfrom(MAX_DATAGRAM)
+                        arrival = now
+                except OSError as exc:
+                    if exc.errno not in _IGNORED_RECV_ERRORS:
+                        self.receive_errors += 1
+                        log.warn("media socket {port}: {error}", port=media._host[1], error=exc)
+                    continue
+                if len(addr) > 2:
+                    addr = addr[:2]
+                batch.append((media, data, addr, arrival))
+        self.datagrams += len(batch)
+        return batch
+
+    # -- IReadDescriptor (interval 0) ----------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:  # noqa: N802 -- ILoggingContext's name
+        return "media"
+
+    def connectionLost(self, reason: object) -> None:  # noqa: N802 -- IReadDescriptor's name
+        self._reading = False
+
+    def doRead(self) -> None:  # noqa: N802 -- IReadDescriptor's name
+        self.drain()
