@@ -4,8 +4,8 @@
     .venv/bin/python -m bench.pipeline --profile 25    # and the 25 costliest functions (cProfile)
 
 The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
-own classes, as one call: each datagram into ``MediaSocketProtocol.datagramReceived`` (RTP parse, latch, stats,
-jitter buffer, depacketizer, events), ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a
+own classes, as one call: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``,
+as ``MediaSockets`` delivers them (RTP parse, latch, stats, jitter buffer, depacketizer, events), ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a
 ``StringTransport`` (after a scripted RTMP handshake), with a ``MemoryReactorClock`` advanced to each packet's
 time, so the timers run as they would.  Audio is passed through as G.711 here: AAC runs in worker threads, which
 ``bench/run.py`` measures.  What this leaves out is Twisted's own per-datagram cost (epoll, ``recvfrom``) and
@@ -62,6 +62,18 @@ def _packets(seconds: float) -> list[tuple[float, str, bytes]]:
     return out
 
 
+def _drains(packets: list[tuple[float, str, bytes]], interval: float
+            ) -> list[tuple[float, dict[str, list[tuple[float, bytes]]]]]:
+    """The packets as MediaSockets delivers them: every ``interval`` seconds (0: one by one), per socket."""
+    out: list[tuple[float, dict[str, list[tuple[float, bytes]]]]] = []
+    for when, kind, data in packets:
+        due = when if not interval else (int(when / interval) + 1) * interval
+        if not out or out[-1][0] != due:
+            out.append((due, {}))
+        out[-1][1].setdefault(kind, []).append((when, data))
+    return out
+
+
 class Call:
     """One call's reactor-side objects, wired as the backend wires them."""
 
@@ -104,7 +116,7 @@ class Call:
         self.transport.clear()
 
 
-def run(seconds: float, profile: int, calls: int = 1) -> dict[str, Any]:
+def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010) -> dict[str, Any]:
     packets = _packets(seconds)
     gc.collect()
     reactor = MemoryReactorClock()
@@ -116,16 +128,15 @@ def run(seconds: float, profile: int, calls: int = 1) -> dict[str, Any]:
     if profiler is not None:
         profiler.enable()
     base = reactor.seconds()
-    for n, (when, kind, data) in enumerate(packets):
+    for when, batch in _drains(packets, interval):
         delay = base + when - reactor.seconds()
         if delay > 0:
             reactor.advance(delay)
-        addr = addrs[kind]
-        for one in all_calls:  # the same packet to every call, as N far ends sending the same file would
-            one.protocols[kind].rtp_protocol.datagramReceived(data, addr)
-        if n % 64 == 0:
-            for one in all_calls:
-                one.drain()
+        for one in all_calls:  # the same packets to every call, as N far ends sending the same file would
+            for kind, datagrams in batch.items():
+                one.protocols[kind].rtp_protocol.datagrams_arrived(
+                    [(data, addrs[kind], base + arrival) for arrival, data in datagrams])
+            one.drain()
     if profiler is not None:
         profiler.disable()
     cpu = time.process_time() - started
@@ -146,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
     parser.add_argument("--repeat", type=int, default=5, help="runs; the cheapest is reported (default 5)")
     parser.add_argument("--calls", type=int, default=1, help="calls fed side by side (default 1)")
+    parser.add_argument("--interval-ms", type=float, default=10.0,
+                        help="media_read_interval_ms: datagrams come in batches this far apart (default 10)")
     args = parser.parse_args(argv)
-    r = min((run(args.seconds, args.profile, args.calls) for _ in range(max(1, args.repeat))),
+    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0)
+             for _ in range(max(1, args.repeat))),
             key=lambda r: r["cpu"])
     print(f"{r['calls']} call(s), {r['packets']} packets ({r['video']} video, {r['audio']} audio per call) in "
           f"{r['seconds']:g} s of media: "

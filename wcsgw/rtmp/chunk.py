@@ -8,6 +8,7 @@ applying Set Chunk Size and Abort Message as they arrive.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from typing import Final
 
@@ -109,6 +110,14 @@ def _check_chunk_size(size: int) -> None:
         raise ValueError(f"chunk size {size} is outside 1..2147483647")
 
 
+# Message headers: a 3-byte timestamp (or delta) and 3-byte length go in as ((ts << 8) | length >> 16, length &
+# 0xFFFF), then the type id; type 0 adds the stream id, little-endian.
+_TIMESTAMP_LENGTH_TYPE = struct.Struct(">IHB")
+_STREAM_ID = struct.Struct("<I")
+_TIMESTAMP = struct.Struct(">I")
+
+
+@functools.lru_cache(maxsize=256)
 def _basic_header(fmt: int, csid: int) -> bytes:
     if csid < 64:
         return bytes([(fmt << 6) | csid])
@@ -149,38 +158,51 @@ class ChunkEncoder:
 
     def chunks(self, message: RtmpMessage) -> list[bytes]:
         """The chunks of one message, in order (they may be interleaved with other streams' chunks)."""
-        csid = message.chunk_stream_id
-        length = len(message.payload)
-        ts = message.timestamp
+        return self._chunks(message.chunk_stream_id, message.type_id, message.timestamp, message.stream_id,
+                            message.payload)
+
+    def encode_media(self, chunk_stream_id: int, type_id: int, timestamp: int, stream_id: int,
+                     payload: bytes) -> bytes:
+        """``encode`` for a message given by its fields (audio and video: no message object per frame).  The
+        fields are checked as ``RtmpMessage`` checks them."""
+        if not MIN_CSID <= chunk_stream_id <= MAX_CSID or not 0 <= type_id <= 0xFF:
+            raise ValueError(f"bad chunk stream id {chunk_stream_id} or message type {type_id}")
+        if not 0 <= timestamp <= _MASK32 or not 0 <= stream_id <= _MASK32:
+            raise ValueError(f"bad timestamp {timestamp} or stream id {stream_id}")
+        if len(payload) > MAX_MESSAGE_LENGTH:
+            raise ValueError(f"message of {len(payload)} bytes exceeds 16777215 bytes")
+        return b"".join(self._chunks(chunk_stream_id, type_id, timestamp, stream_id, payload))
+
+    def _chunks(self, csid: int, type_id: int, ts: int, stream_id: int, payload: bytes) -> list[bytes]:
+        length = len(payload)
         prev = self._last.get(csid)
-        if prev is None or prev.stream_id != message.stream_id or ts < prev.timestamp:
+        if prev is None or prev.stream_id != stream_id or ts < prev.timestamp:
             fmt, field, delta = 0, ts, None
-            header = struct.pack(">I", min(field, EXTENDED_TIMESTAMP))[1:]
-            header += struct.pack(">I", length)[1:] + bytes([message.type_id])
-            header += struct.pack("<I", message.stream_id)
+            header = _TIMESTAMP_LENGTH_TYPE.pack(min(field, EXTENDED_TIMESTAMP) << 8 | length >> 16,
+                                                 length & 0xFFFF, type_id) + _STREAM_ID.pack(stream_id)
         else:
             delta = ts - prev.timestamp
             field = delta
-            if prev.length != length or prev.type_id != message.type_id:
+            if prev.length != length or prev.type_id != type_id:
                 fmt = 1
-                header = struct.pack(">I", min(field, EXTENDED_TIMESTAMP))[1:]
-                header += struct.pack(">I", length)[1:] + bytes([message.type_id])
+                header = _TIMESTAMP_LENGTH_TYPE.pack(min(field, EXTENDED_TIMESTAMP) << 8 | length >> 16,
+                                                     length & 0xFFFF, type_id)
             elif prev.delta == delta and delta < EXTENDED_TIMESTAMP:
                 fmt, header = 3, b""
             else:
                 fmt = 2
-                header = struct.pack(">I", min(field, EXTENDED_TIMESTAMP))[1:]
+                header = _TIMESTAMP.pack(min(field, EXTENDED_TIMESTAMP))[1:]
         extended = b""
         if fmt != 3 and field >= EXTENDED_TIMESTAMP:
-            extended = struct.pack(">I", field)
-        self._last[csid] = _SentHeader(message.stream_id, length, message.type_id, ts, delta)
+            extended = _TIMESTAMP.pack(field)
+        self._last[csid] = _SentHeader(stream_id, length, type_id, ts, delta)
 
         size = self._chunk_size
-        payload = message.payload
         out = [_basic_header(fmt, csid) + header + extended + payload[:size]]
-        continuation = _basic_header(3, csid) + extended
-        for start in range(size, length, size):
-            out.append(continuation + payload[start : start + size])
+        if length > size:
+            continuation = _basic_header(3, csid) + extended
+            for start in range(size, length, size):
+                out.append(continuation + payload[start : start + size])
         return out
 
 

@@ -45,7 +45,6 @@ from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
-    IReactorTime,
 )
 from twisted.logger import Logger
 

@@ -244,9 +244,10 @@ class RtmpClientSession:
         """Send one FLV tag as an RTMP message (``timestamp_ms`` overrides the tag's)."""
         if self.state is not SessionState.PUBLISHING or self.stream_id is None:
             raise RuntimeError(f"cannot send media in state {self.state.value}")
-        csid = {TagType.AUDIO: CSID_AUDIO, TagType.VIDEO: CSID_VIDEO}.get(tag.tag_type, CSID_STREAM)
+        tag_type = tag.tag_type
+        csid = CSID_VIDEO if tag_type == TagType.VIDEO else CSID_AUDIO if tag_type == TagType.AUDIO else CSID_STREAM
         ts = tag.timestamp_ms if timestamp_ms is None else timestamp_ms
-        self._send(RtmpMessage(csid, int(tag.tag_type), ts, self.stream_id, tag.body))
+        self._out += self._encoder.encode_media(csid, int(tag_type), ts, self.stream_id, tag.body)
 
     def unpublish(self) -> None:
         """Send ``FCUnpublish`` and ``deleteStream`` for a stream being published."""

@@ -201,12 +201,17 @@ class H264Depacketizer:
         elif self._gap:
             self._broken = True
         self._gap = False
-        try:
-            self._depacketize(payload)
-        except ValueError as exc:
-            self._broken = True
-            self.errors += 1
-            self.last_error = str(exc)
+        fu = self._fu
+        if fu is not None and len(payload) > 2 and payload[0] & 0x1F == NAL_TYPE_FU_A and not payload[1] & 0xC0 \
+                and fu[0] & 0x1F == payload[1] & 0x1F:
+            fu += payload[2:]  # the usual packet: the middle of a fragmented NAL unit
+        else:
+            try:
+                self._depacketize(payload)
+            except ValueError as exc:
+                self._broken = True
+                self.errors += 1
+                self.last_error = str(exc)
         if packet.marker:
             self._finish(out)
         return out

@@ -20,7 +20,7 @@ import heapq
 from collections import OrderedDict
 from typing import NamedTuple
 
-from .packet import RTP_SEQ_MOD, RtpPacket, sequence_delta, timestamp_delta
+from .packet import RTP_SEQ_MOD, RtpPacket, timestamp_delta
 
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
@@ -60,6 +60,7 @@ class JitterBuffer:
         self.late = 0
         self.duplicates = 0
         self.out_of_range = 0
+        self.dropped = 0  # late + duplicates + out_of_range: one number to watch for any of them
         self.resets = 0
         self.forced = 0
         self._ssrc: int | None = None
@@ -100,11 +101,13 @@ class JitterBuffer:
             self._restart()
         self._ssrc = packet.ssrc
 
-        if self._highest is None:
+        highest = self._highest
+        if highest is None:
             extended = packet.sequence_number
             self._highest = extended
         else:
-            extended = self._highest + sequence_delta(packet.sequence_number, self._highest % RTP_SEQ_MOD)
+            delta = (packet.sequence_number - highest) % RTP_SEQ_MOD  # sequence_delta, inline: every packet
+            extended = highest + (delta - RTP_SEQ_MOD if delta >= RTP_SEQ_MOD // 2 else delta)
         reference = self._next if self._next is not None else extended
 
         if extended > self._highest + MAX_DROPOUT or extended < reference - MAX_MISORDER:
@@ -115,6 +118,7 @@ class JitterBuffer:
             else:
                 self._bad_seq = (packet.sequence_number + 1) % RTP_SEQ_MOD
                 self.out_of_range += 1
+                self.dropped += 1
                 return out
         self._bad_seq = None
 
@@ -123,9 +127,11 @@ class JitterBuffer:
                 self.duplicates += 1
             else:
                 self.late += 1
+            self.dropped += 1
             return out
         if extended in self._pending:
             self.duplicates += 1
+            self.dropped += 1
             return out
         if extended > self._highest:
             self._highest = extended

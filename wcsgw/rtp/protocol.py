@@ -35,15 +35,11 @@ class MediaSocketProtocol(DatagramProtocol):
         self.channel = channel
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.datagram_arrived(datagram, addr, None)
+        self.owner.datagrams_received(self.channel, [(datagram, (addr[0], addr[1]), None)])
 
-    def datagram_arrived(self, datagram: bytes, addr: Any, arrival: float | None) -> None:
-        """A datagram that arrived at ``arrival`` (the kernel's timestamp; None: now), from ``MediaSockets``."""
-        try:
-            self.owner.datagram_received(self.channel, datagram, (addr[0], addr[1]), arrival)
-        except Exception:
-            self.owner.errors += 1
-            log.failure("media {channel} datagram from {addr} failed", channel=self.channel, addr=addr)
+    def datagrams_arrived(self, datagrams: list[tuple[bytes, Any, float | None]]) -> None:
+        """Datagrams in arrival order, each with the kernel's receive time (None: now), from ``MediaSockets``."""
+        self.owner.datagrams_received(self.channel, datagrams)
 
 
 class MediaStreamProtocol:
@@ -169,20 +165,31 @@ class MediaStreamProtocol:
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
-    def datagram_received(self, channel: str, data: bytes, addr: tuple[str, int],
-                          arrival: float | None = None) -> None:
+    def datagram_received(self, channel: str, data: bytes, addr: tuple[str, int]) -> None:
+        self.datagrams_received(channel, [(data, addr, None)])
+
+    def datagrams_received(self, channel: str, datagrams: list[tuple[bytes, Any, float | None]]) -> None:
+        """Feed the session every datagram (``(data, addr, arrival or None)``), then send what it wants sent,
+        hand over its events and re-arm the timer, once.  Nothing raised gets out."""
         session = self.session
         if session is None or self._stopped:
             if not self._stopped:
-                self.early_datagrams += 1
+                self.early_datagrams += len(datagrams)
             return
         now = self.reactor.seconds()
-        if channel == RTP:
-            session.receive_rtp(data, addr, now if arrival is None else arrival)
-        else:
-            session.receive_rtcp(data, addr, now if arrival is None else arrival)
-        self._flush()
-        self._arm_timer(now)
+        receive = session.receive_rtp if channel == RTP else session.receive_rtcp
+        for data, addr, arrival in datagrams:
+            try:
+                receive(data, addr, now if arrival is None else arrival)
+            except Exception:
+                self.errors += 1
+                log.failure("media {channel} datagram from {addr} failed", channel=channel, addr=addr)
+        try:
+            self._flush()
+            self._arm_timer(now)
+        except Exception:
+            self.errors += 1
+            log.failure("media {channel} service failed", channel=channel)
 
     def _on_timer(self) -> None:
         self._timer = None

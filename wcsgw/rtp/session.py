@@ -20,7 +20,7 @@ from . import dtmf
 from .h264 import AccessUnit, H264Depacketizer
 from .jitterbuffer import JitterBuffer, Released
 from .latch import SourceLatch
-from .packet import RtpPacket, TimestampUnwrapper, is_rtcp
+from .packet import RTCP_MUX_FIRST_SECOND_BYTE, RTCP_MUX_LAST_SECOND_BYTE, RtpPacket, TimestampUnwrapper
 from .params import (
     AUDIO,
     SENDRECV,
@@ -171,6 +171,7 @@ class MediaStreamSession:
                     self._depacketizer = H264Depacketizer(None, self.config.drop_until_keyframe)
             elif params.kind == VIDEO:
                 self._depacketizer = Vp8Depacketizer(drop_until_keyframe=self.config.drop_until_keyframe)
+            self._buffer_seen = [0, 0, 0]  # the buffer's late, duplicates, out_of_range already counted
             self._unwrapper = TimestampUnwrapper()
             self._frames_seen = False
             self._video_started = False
@@ -178,6 +179,8 @@ class MediaStreamSession:
         self._silence = (
             silence_payload(params.codec, params.clock_rate, params.channels) if params.kind == AUDIO else None
         )
+        self._receives = params.receives
+        self._telephone_event_pt = params.telephone_event_pt
         self._accepted_types = {params.payload_type}
         if params.telephone_event_pt is not None:
             self._accepted_types.add(params.telephone_event_pt)
@@ -286,16 +289,25 @@ class MediaStreamSession:
     # --- receiving RTP ----------------------------------------------------------------------------------------
 
     def receive_rtp(self, data: bytes, addr: Address, now: float) -> None:
-        """A datagram from the RTP socket (RTCP too with rtcp-mux)."""
+        """A datagram from the RTP socket (RTCP too with rtcp-mux); ``addr`` is a ``(host, port)`` tuple.
+
+        This runs for every packet: attributes are read once into locals, and the usual case (the latched
+        source, no SRTP, the next packet in order) takes no detour."""
         if self.closed:
             return
-        if is_rtcp(data):
+        if len(data) >= 2 and RTCP_MUX_FIRST_SECOND_BYTE <= data[1] <= RTCP_MUX_LAST_SECOND_BYTE:
             self.receive_rtcp(data, addr, now)
             return
         counters = self.counters
         counters.rtp_datagrams += 1
-        addr = (addr[0], addr[1])
-        if not self._rtp_latch.accepts(addr):
+        latch = self._rtp_latch
+        latched = latch.latched
+        if latched is None:
+            if not latch.accepts(addr):
+                counters.dropped_unexpected_source += 1
+                log.debug("RTP from unexpected source {addr} dropped", addr=addr)
+                return
+        elif addr != latched:
             counters.dropped_unexpected_source += 1
             log.debug("RTP from unexpected source {addr} dropped", addr=addr)
             return
@@ -312,38 +324,47 @@ class MediaStreamSession:
             counters.dropped_malformed += 1
             log.debug("malformed RTP from {addr} dropped: {error}", addr=addr, error=exc)
             return
-        if packet.payload_type not in self._accepted_types:
+        payload_type = packet.payload_type
+        if payload_type not in self._accepted_types:
             counters.dropped_payload_type += 1
             return
-        if not self.params.receives:
+        if not self._receives:
             counters.dropped_not_receiving += 1
             return
-        self._rtp_latch.confirm(addr)
+        if latched is None:
+            latch.confirm((addr[0], addr[1]))
         counters.rtp_accepted += 1
         self._last_rtp = now
         self._inactivity_reported = False
-        self._stats_for(packet.ssrc).on_packet(packet, now)
+        ssrc = packet.ssrc
+        stats = self._last_stats if ssrc == self._last_ssrc else self._stats_for(ssrc)
+        stats.on_packet(packet, now)  # type: ignore[union-attr]
 
-        if (
-            packet.payload_type == self.params.telephone_event_pt
-            and self._buffer.ssrc is not None
-            and packet.ssrc != self._buffer.ssrc
-        ):
+        buffer = self._buffer
+        if payload_type == self._telephone_event_pt and buffer.ssrc is not None and ssrc != buffer.ssrc:
             # digits on their own SSRC: keep them out of the media stream's buffer
             self._receive_telephone_event(packet)
             return
-        buffer = self._buffer
-        late, duplicates, out_of_range = buffer.late, buffer.duplicates, buffer.out_of_range
+        dropped = buffer.dropped
         released = buffer.push(packet, now)
-        if buffer.late > late:
-            counters.dropped_late += buffer.late - late
-            self._stats_for(packet.ssrc).count_late(buffer.late - late)
-        counters.dropped_duplicate += buffer.duplicates - duplicates
-        counters.dropped_out_of_range += buffer.out_of_range - out_of_range
-        self._dispatch(released, now)
-        if self.params.kind == VIDEO and not self._video_started:
+        if buffer.dropped != dropped:
+            self._count_buffer_drops(ssrc)
+        if released:
+            self._dispatch(released, now)
+        if not self._video_started and self.params.kind == VIDEO:
             self._video_started = True
             self.request_keyframe(now, "start")
+
+    def _count_buffer_drops(self, ssrc: int) -> None:
+        """Carry what the jitter buffer dropped since the last look into the session's counters."""
+        buffer, counters, seen = self._buffer, self.counters, self._buffer_seen
+        late = buffer.late - seen[0]
+        if late > 0:
+            counters.dropped_late += late
+            self._stats_for(ssrc).count_late(late)
+        counters.dropped_duplicate += buffer.duplicates - seen[1]
+        counters.dropped_out_of_range += buffer.out_of_range - seen[2]
+        self._buffer_seen = [buffer.late, buffer.duplicates, buffer.out_of_range]
 
     def _check_broken(self, now: float) -> None:
         """Ask for a keyframe when loss broke a frame (or the depacketizer waits for one)."""
@@ -369,42 +390,45 @@ class MediaStreamSession:
 
     def _dispatch(self, released: list[Released], now: float) -> None:
         params = self.params
-        for item in released:
-            packet = item.packet
-            if item.reset:
+        media_type = params.payload_type
+        depacketizer = self._depacketizer
+        events = self._events
+        counters = self.counters
+        unwrap = self._unwrapper.unwrap
+        for packet, lost_before, reset, arrival in released:
+            if reset:
                 self._unwrapper.reset()
-                if self._depacketizer is not None:
-                    self._depacketizer.reset()
-                self._events.append(StreamRestarted(packet.ssrc))
-            if item.lost_before and self._depacketizer is not None:
-                self._depacketizer.lost(item.lost_before)
-            if packet.payload_type == params.telephone_event_pt:
-                self._receive_telephone_event(packet)
-            elif packet.payload_type != params.payload_type:
-                self.counters.comfort_noise += 1
-            elif self._depacketizer is not None:
-                errors = self._depacketizer.errors
-                frames: list[AccessUnit] | list[Vp8Frame] = self._depacketizer.push(packet)
-                if self._depacketizer.errors > errors:
-                    self.counters.depacketizer_errors += self._depacketizer.errors - errors
-                    log.debug("video payload error: {error}", error=self._depacketizer.last_error)
+                if depacketizer is not None:
+                    depacketizer.reset()
+                events.append(StreamRestarted(packet.ssrc))
+            if lost_before and depacketizer is not None:
+                depacketizer.lost(lost_before)
+            payload_type = packet.payload_type
+            if payload_type != media_type:
+                if payload_type == params.telephone_event_pt:
+                    self._receive_telephone_event(packet)
+                else:
+                    counters.comfort_noise += 1
+            elif depacketizer is not None:
+                errors = depacketizer.errors
+                frames: list[AccessUnit] | list[Vp8Frame] = depacketizer.push(packet)
+                if depacketizer.errors > errors:
+                    counters.depacketizer_errors += depacketizer.errors - errors
+                    log.debug("video payload error: {error}", error=depacketizer.last_error)
                 for frame in frames:
                     self._frames_seen = True
-                    frame.timestamp = self._unwrapper.unwrap(frame.timestamp)
-                    frame.arrival = item.arrival
+                    frame.timestamp = unwrap(frame.timestamp)
+                    frame.arrival = arrival
                     if frame.keyframe:
                         self._kf_needed = False
                         self._kf_attempts = 0
-                    self.counters.frames += 1
-                    self._events.append(frame)
+                    counters.frames += 1
+                    events.append(frame)
             elif packet.payload:
-                self.counters.frames += 1
-                self._events.append(
-                    AudioFrame(self._unwrapper.unwrap(packet.timestamp), packet.payload, packet.payload_type,
-                               item.arrival)
-                )
+                counters.frames += 1
+                events.append(AudioFrame(unwrap(packet.timestamp), packet.payload, payload_type, arrival))
             else:
-                self.counters.dropped_empty += 1
+                counters.dropped_empty += 1
         if released and self._video_started:
             self._check_broken(now)
 

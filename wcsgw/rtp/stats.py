@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .packet import RTP_SEQ_MOD, RtpPacket, timestamp_delta
+from .packet import RTP_SEQ_MOD, RtpPacket
 from .rtcp import ReportBlock, RtcpSenderReport, ntp_middle, ntp_to_seconds
 
 MAX_DROPOUT = 3000

@@ -18,8 +18,10 @@ datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams
 datagrams then wait up to ``interval`` in the kernel, so their arrival time is the kernel's receive timestamp
 (``SO_TIMESTAMP``), not the drain's: jitter statistics and latency histograms stay exact.
 
-Datagrams go to the protocol bound to the socket: ``datagram_arrived(data, addr, arrival)`` when it has that
-method, else ``datagramReceived(data, addr)``; ``addr`` is ``(host, port)``.  A socket is bound with ``bind``
+Datagrams go to the protocol bound to the socket, all those of a drain at once, in order, as
+``datagrams_arrived([(data, addr, arrival), ...])`` when it has that method (so what a protocol does once per
+delivery, like re-arming a timer, is done once per drain), else one by one to ``datagramReceived(data, addr)``;
+``addr`` is ``(host, port)``.  A socket is bound with ``bind``
 (``CannotListenError`` as ``listenUDP`` raises it) and its ``MediaSocket`` is the protocol's transport:
 ``write(datagram, addr)``, ``getHost()``, ``stopListening()``.
 
@@ -64,12 +66,20 @@ class MediaSocket:
         self._owner = owner
         self.socket = sock
         self.protocol = protocol
-        arrived = getattr(protocol, "datagram_arrived", None)
-        self.deliver: Callable[[bytes, Any, float], None] = (
-            arrived if arrived is not None else lambda data, addr, _arrival: protocol.datagramReceived(data, addr))
+        batch = getattr(protocol, "datagrams_arrived", None)
+        self.deliver: Callable[[list[tuple[bytes, Any, float]]], None] = (
+            batch if batch is not None else self._one_by_one)
         self.fileno = sock.fileno()
         self._host = sock.getsockname()
         self.closed = False
+
+    def _one_by_one(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
+        for data, addr, _arrival in datagrams:
+            try:
+                self.protocol.datagramReceived(data, addr)
+            except Exception:
+                self._owner.protocol_errors += 1
+                log.failure("media datagram from {addr} failed", addr=addr)
 
     def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """Send ``datagram`` to ``addr``; ``OSError`` from ``sendto`` is raised (the caller counts it), except
@@ -190,27 +200,27 @@ class MediaSockets:
                 self._timer = self._reactor.callLater(self.interval, self._tick)
 
     def drain(self) -> None:
-        """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it."""
+        """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it, socket by socket."""
         self.drains += 1
-        batch = self._read()
-        for media, data, addr, arrival in batch:
-            if media.closed:  # an earlier datagram of the batch ended its call
+        for media, datagrams in self._read().items():
+            if media.closed:  # an earlier delivery of this drain ended its call
                 continue
             try:
-                media.deliver(data, addr, arrival)
+                media.deliver(datagrams)
             except Exception:
                 self.protocol_errors += 1
-                log.failure("media datagram from {addr} failed", addr=addr)
+                log.failure("media datagrams on port {port} failed", port=media._host[1])
 
-    def _read(self) -> list[tuple[MediaSocket, bytes, Any, float]]:
-        batch: list[tuple[MediaSocket, bytes, Any, float]] = []
+    def _read(self) -> dict[MediaSocket, list[tuple[bytes, Any, float]]]:
+        batch: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
+        count = 0
         poll = self._epoll.poll
         sockets = self._sockets
         stamped = bool(self.interval)
         now = 0.0 if stamped else self._reactor.seconds()
         unpack = _TIMEVAL.unpack
         limit = self._max_batch
-        while len(batch) < limit:
+        while count < limit:
             ready = poll(0)
             if not ready:
                 break
@@ -238,8 +248,13 @@ class MediaSockets:
                     continue
                 if len(addr) > 2:
                     addr = addr[:2]
-                batch.append((media, data, addr, arrival))
-        self.datagrams += len(batch)
+                count += 1
+                queued = batch.get(media)
+                if queued is None:
+                    batch[media] = [(data, addr, arrival)]
+                else:
+                    queued.append((data, addr, arrival))
+        self.datagrams += count
         return batch
 
     # -- IReadDescriptor (interval 0) ----------------------------------------------------------------------------
