@@ -7,8 +7,9 @@ The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 m
 own classes, as one call: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``,
 as ``MediaSockets`` delivers them (RTP parse, latch, stats, jitter buffer, depacketizer, events), ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a
 ``StringTransport`` (after a scripted RTMP handshake), with a ``MemoryReactorClock`` advanced to each packet's
-time, so the timers run as they would.  Audio is passed through as G.711 here: AAC runs in worker threads, which
-``bench/run.py`` measures.  What this leaves out is Twisted's own per-datagram cost (epoll, ``recvfrom``) and
+time, so the timers run as they would.  Audio goes to AAC as in the bench (8 kHz, G.711 payloads gathered into
+one worker job per AAC frame), but the jobs are dropped instead of transcoded: the worker threads are
+``bench/run.py``'s to measure; ``--audio passthrough`` makes G.711 tags here instead.  What this leaves out is Twisted's own per-datagram cost (epoll, ``recvfrom``) and
 the kernel's; ``bench/run.py`` measures the whole process.
 
 It prints microseconds of CPU per packet and what that makes in seconds per call-minute at the bench's packet
@@ -74,17 +75,40 @@ def _drains(packets: list[tuple[float, str, bytes]], interval: float
     return out
 
 
+class _DiscardingPool:
+    """Stands in for the transcoding WorkerPool: items handed to the workers are counted and dropped (the bench
+    measures the worker threads; this measures what the reactor thread does to hand them over)."""
+
+    def __init__(self) -> None:
+        self.items = 0
+
+    def _assign(self) -> int:
+        return 0
+
+    def _release(self, index: int) -> None:
+        pass
+
+    def _put(self, index: int, entry: Any) -> None:
+        self.items += 1
+        lane, _item = entry
+        with lane._lock:
+            lane._depth -= 1
+
+
 class Call:
     """One call's reactor-side objects, wired as the backend wires them."""
 
-    def __init__(self, reactor: MemoryReactorClock) -> None:
+    def __init__(self, reactor: MemoryReactorClock, audio_output: str = "aac") -> None:
         self.reactor = reactor
         audio = MediaParams(kind="audio", codec="PCMU", payload_type=0, clock_rate=8000, remote_rtp_addr=FAR[0],
                             remote_rtp_port=FAR[1])
         video = MediaParams(kind="video", codec="H264", payload_type=112, clock_rate=90000,
                             remote_rtp_addr=FAR[0], remote_rtp_port=FAR[1] + 2)
-        self.stream = CallStream(reactor, "bench", StreamOptions(audio_output="passthrough"), audio=audio,
-                                 video=video, request_keyframe=lambda: None, publisher_factory=RtmpPublisher)
+        self.pool = _DiscardingPool()
+        options = StreamOptions(audio_output=audio_output, aac_sample_rate=0)
+        self.stream = CallStream(reactor, "bench", options, audio=audio, video=video,
+                                 request_keyframe=lambda: None, publisher_factory=RtmpPublisher,
+                                 pool=self.pool)  # type: ignore[arg-type]
         config = SessionConfig()
         now = reactor.seconds()
         self.protocols = {
@@ -116,11 +140,12 @@ class Call:
         self.transport.clear()
 
 
-def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010) -> dict[str, Any]:
+def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, audio: str = "aac"
+        ) -> dict[str, Any]:
     packets = _packets(seconds)
     gc.collect()
     reactor = MemoryReactorClock()
-    all_calls = [Call(reactor) for _ in range(calls)]
+    all_calls = [Call(reactor, audio) for _ in range(calls)]
     call = all_calls[0]
     addrs = {"audio": FAR, "video": (FAR[0], FAR[1] + 2)}
     profiler = cProfile.Profile() if profile else None
@@ -157,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest functions")
     parser.add_argument("--repeat", type=int, default=5, help="runs; the cheapest is reported (default 5)")
     parser.add_argument("--calls", type=int, default=1, help="calls fed side by side (default 1)")
+    parser.add_argument("--audio", choices=("aac", "passthrough"), default="aac",
+                        help="rtmp_audio: aac (payloads gathered for the workers, which are left out) or passthrough "
+                             "(G.711 tags made here)")
     parser.add_argument("--interval-ms", type=float, default=10.0,
                         help="media_read_interval_ms: datagrams come in batches this far apart (default 10)")
     args = parser.parse_args(argv)
-    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0)
+    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0, args.audio)
              for _ in range(max(1, args.repeat))),
             key=lambda r: r["cpu"])
     print(f"{r['calls']} call(s), {r['packets']} packets ({r['video']} video, {r['audio']} audio per call) in "

@@ -25,9 +25,11 @@ from wcsgw.media.transcoder import (
     EncodedVideo,
     VideoTranscoder,
     aac_bitrate,
+    g711_to_float,
     source_sample_rate,
     split_annexb,
 )
+from wcsgw.media.transcoder import _G711_FLOAT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TONE_HZ = 440.0
@@ -530,3 +532,38 @@ class RateTests(SynchronousTestCase):
         self.assertEqual(transcoder._encoder.bit_rate, 48000)
         self.assertEqual(AudioTranscoder("PCMU", 8000, sample_rate=8000)._encoder.bit_rate, 24000)
         self.assertEqual(transcoder.audio_specific_config[:2], b"\x15\x88")
+
+
+class G711TableTests(SynchronousTestCase):
+    def test_tables_match_ffmpeg(self) -> None:
+        """Every mu-law and A-law code becomes the sample FFmpeg's decoder gives, as a float (s16 / 32768)."""
+        codes = bytes(range(256))
+        for name, decoder_name in (("pcmu", "pcm_mulaw"), ("pcma", "pcm_alaw")):
+            decoder = cast(av.AudioCodecContext, av.CodecContext.create(decoder_name, "r"))
+            decoder.sample_rate = 8000
+            decoder.layout = "mono"
+            decoder.open()
+            (frame,) = decoder.decode(av.Packet(codes))
+            expected = array.array("h", bytes(frame.planes[0])[: 2 * 256])
+            got = array.array("f", bytes(g711_to_float(codes, _G711_FLOAT[name])))
+            self.assertEqual(list(got), [sample / 32768.0 for sample in expected], name)
+
+    def test_8khz_g711_skips_the_decoder_and_gives_the_same_aac(self) -> None:
+        """G.711 to 8 kHz AAC goes through the tables (no decoder, no resampler), and the AAC is the same, byte
+        for byte, as through FFmpeg's decoder and libswresample, lost packets and all."""
+        payloads = g711_payloads("pcm_alaw", 2.0)
+        fast = AudioTranscoder("PCMA", 8000, 1, sample_rate=8000)
+        slow = AudioTranscoder("PCMA", 8000, 1, sample_rate=8000)
+        self.assertIsNotNone(fast._g711_table)
+        slow._g711_table = None  # the general path
+        outputs = []
+        for transcoder in (fast, slow):
+            out: list[EncodedAudio] = []
+            for i, payload in enumerate(payloads):
+                if not 30 <= i < 36:
+                    out.extend(transcoder.feed(payload, 20 * i))
+            out.extend(transcoder.flush())
+            outputs.append([(o.timestamp_ms, o.data) for o in out])
+        self.assertEqual(outputs[0], outputs[1])
+        self.assertEqual(fast.counters.gaps_filled, 1)
+        self.assertIsNone(AudioTranscoder("PCMU", 8000, 1)._g711_table)  # 44.1 kHz: resampled as before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,18 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.sslServers, [])
         self.assertEqual(reactor.udpPorts, [(5060, "0.0.0.0")])  # the SIP user agent
         self.successResultOf(service.stopService())
+
+    def test_switch_interval_while_running(self) -> None:
+        """While the gateway runs, threads hand the GIL back after 1 ms instead of 5 (the reactor waits less for
+        the transcoding threads); stopping restores the interval it found."""
+        before = sys.getswitchinterval()
+        self.addCleanup(sys.setswitchinterval, before)
+        sys.setswitchinterval(0.004)
+        service = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp()}))
+        service.startService()
+        self.assertEqual(sys.getswitchinterval(), 0.001)
+        self.successResultOf(service.stopService())
+        self.assertEqual(sys.getswitchinterval(), 0.004)
 
     def test_production_profile_adds_https_and_generates_certificate(self) -> None:
         """Production serves HTTP and HTTPS on every interface and makes a self-signed certificate once."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ DEFAULT_CONFIG = "etc/wcsgw.properties"
 def _option_help(name: str) -> str:
     setting = next(s for s in config.SETTINGS if s.option == name)
     return f"{setting.comment} (setting {setting.name}, default {setting.default_text() or 'empty'})"
+
+
+SWITCH_INTERVAL = 0.001  # seconds; see GatewayService.startService
 
 
 class Options(usage.Options):
@@ -107,6 +111,7 @@ class GatewayService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.settings = settings
+        self._switch_interval = sys.getswitchinterval()
         state_dir = Path(settings.state_dir)
         public_address = default_public_address(settings)
         self.poster = TreqPoster(reactor)
@@ -147,6 +152,11 @@ class GatewayService(service.MultiService):
     def startService(self) -> None:
         log.info("wcsgw starting: profile {profile}, REST http://{address}:{port}/rest-api",
                  profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
+        # The reactor thread gives up the GIL at every system call; a transcoding thread that takes it then keeps
+        # it until it blocks or the switch interval (5 ms by default) ends, and the reactor waits that long.
+        # At 50 calls on the bench, 1 ms took the 99th percentile of RTMP latency from 218 ms to 76 ms.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.agent.start()
         self.lag.start()
         super().startService()
@@ -171,6 +181,7 @@ class GatewayService(service.MultiService):
         yield self.pool.stop()
         if self.media_sockets is not None:
             self.media_sockets.close()
+        sys.setswitchinterval(self._switch_interval)
 
 
 def makeService(options: Options) -> service.IService:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import ssl
+from twisted.internet import ssl, tcp
 from twisted.internet.interfaces import (
     IConnector,
     IOpenSSLClientConnectionCreator,
@@ -113,7 +113,30 @@ class RtmpClientProtocol(Protocol):
         if data:
             self.bytes_written += len(data)
             self._listener.rtmp_bytes_written(len(data))
-            self.transport.write(data)
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """``transport.write``, but on a plain TCP connection with nothing buffered, ``send`` at once.
+
+        Twisted's write only buffers: the reactor's next turn registers the socket for writing (an epoll_ctl),
+        sends, and unregisters it (another).  Per FLV tag that was 55 us against 27 us for a direct ``send``
+        (bench numbers in the README).  What the socket does not take goes to the transport as before, which
+        then keeps the order and the back-pressure (``pauseProducing``)."""
+        transport: Any = self.transport
+        sock = getattr(transport, "socket", None)
+        if (sock is None or not isinstance(transport, tcp.Connection) or transport.dataBuffer
+                or transport._tempDataBuffer or transport.disconnecting or not transport.connected):
+            transport.write(data)
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            transport.write(data)  # the transport finds the error on its own write and closes properly
+            return
+        if sent < len(data):
+            transport.write(data[sent:])
 
     def send_tag(self, tag: FlvTag, timestamp_ms: int | None = None) -> None:
         assert self.session is not None

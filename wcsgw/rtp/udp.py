@@ -218,7 +218,7 @@ class MediaSockets:
         sockets = self._sockets
         stamped = bool(self.interval)
         now = 0.0 if stamped else self._reactor.seconds()
-        unpack = _TIMEVAL.unpack
+        unpack_from = _TIMEVAL.unpack_from
         limit = self._max_batch
         while count < limit:
             ready = poll(0)
@@ -231,13 +231,12 @@ class MediaSockets:
                 try:
                     if stamped:
                         data, ancillary, _flags, addr = media.socket.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
-                        arrival = now
-                        for level, kind, value in ancillary:
-                            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= _TIMEVAL.size:
-                                seconds, micros = unpack(value[:_TIMEVAL.size])
-                                arrival = seconds + micros * 1e-6
-                        if not arrival:
-                            arrival = now = self._reactor.seconds()
+                        # SO_TIMESTAMP is the only control message asked for
+                        if ancillary and len(ancillary[0][2]) >= _TIMEVAL.size:
+                            seconds, micros = unpack_from(ancillary[0][2])
+                            arrival = seconds + micros * 1e-6
+                        else:
+                            arrival = now = now or self._reactor.seconds()
                     else:
                         data, addr = media.socket.recvfrom(MAX_DATAGRAM)
                         arrival = now

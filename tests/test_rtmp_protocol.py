@@ -1,0 +1,77 @@
+"""Tests for wcsgw.rtmp.protocol's writes over a real loopback TCP connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from tests.e2e.gateway import wait_for
+from wcsgw.rtmp.protocol import RtmpClientProtocol
+from wcsgw.rtmp.session import RtmpClientSession
+from wcsgw.rtmp.url import parse
+
+
+class Collector(Protocol):
+    def __init__(self, received: bytearray) -> None:
+        self.received = received
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received += data
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.written = 0
+        self.lost: Deferred[None] = Deferred()
+
+    def rtmp_connected(self, protocol: Any) -> None:
+        pass
+
+    def rtmp_event(self, protocol: Any, event: Any) -> None:
+        pass
+
+    def rtmp_connection_lost(self, protocol: Any, reason: str) -> None:
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def rtmp_connection_failed(self, reason: str) -> None:
+        pass
+
+    def rtmp_bytes_written(self, count: int) -> None:
+        self.written += count
+
+
+class DirectWriteTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_writes_arrive_whole_and_in_order(self) -> Any:
+        """Writes sent at once and writes left to the transport (the socket was full) reach the peer complete and
+        in the order they were made: the handshake, 16 MiB that the socket cannot take at once, then small
+        writes that must queue behind its remainder."""
+        received = bytearray()
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Collector(received)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        listener = Listener()
+        url = parse("rtmp://127.0.0.1/live")
+        protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        handshake = 1 + 1536  # C0 + C1, written at connection
+        big = bytes(range(256)) * (16 * 4096)
+        protocol._write(big)
+        self.assertTrue(protocol.transport.dataBuffer or protocol.transport._tempDataBuffer,
+                        "16 MiB should not fit the socket at once")
+        for n in range(100):
+            protocol._write(b"%05d" % n)
+        expected = handshake + len(big) + 500
+        yield wait_for(lambda: len(received) >= expected, what="every byte at the peer", timeout=30)
+        self.assertEqual(len(received), expected)
+        self.assertEqual(bytes(received[handshake:handshake + len(big)]), big)
+        self.assertEqual(bytes(received[handshake + len(big):]), b"".join(b"%05d" % n for n in range(100)))
+        protocol.transport.loseConnection()
+        yield listener.lost
