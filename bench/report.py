@@ -179,7 +179,8 @@ def table(data: dict[str, Any]) -> str:
         f"Media per call: H.264 1280x720 25 fps {data['media']['video_bitrate'] / 1e6:.2f} Mbit/s, keyframe every "
         f"{data['media']['keyframe_interval']} s, {data['media']['video_packets_per_second']} video packets/s, "
         f"and PCMU 20 ms (50 packets/s); RTMP: H.264 copied, AAC {aac_rate / 1000:g} kHz mono "
-        f"{aac_bitrate(0, aac_rate) // 1000} kbit/s (both systems). "
+        f"{aac_bitrate(0, aac_rate) // 1000} kbit/s (both systems; AAC coder: gateway "
+        f"{data['args'].get('aac_coder', 'twoloop')}, ffmpeg twoloop, its default). "
         f"Window {data['args']['duration']:.0f} s after {data['args']['warmup']:.0f} s of warm-up. "
         "The load generators (SIPp, nginx, tcpdump) share the machine's cores with the system measured.",
         "",

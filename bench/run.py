@@ -96,7 +96,8 @@ class Trial:
         else:
             assert self.callapp is not None
             system = Gateway(self.procs, self.dir / "gateway", self.media, callapp=self.callapp,
-                             extra_args=["--aac-sample-rate", aac_setting(args.aac_rate), *args.gateway_arg])
+                             extra_args=["--aac-sample-rate", aac_setting(args.aac_rate), "--aac-coder",
+                                         args.aac_coder, *args.gateway_arg])
         try:
             sample_far = main_far = None
             if sampled:
@@ -318,6 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="AAC sample rate of both systems: 8000 is the issue's baseline command as written "
                              "(ffmpeg keeps PCMU's rate) and the gateway's aac_sample_rate=source; 44100 makes "
                              "both resample (the gateway's default setting)")
+    parser.add_argument("--aac-coder", choices=("fast", "twoloop"), default="fast",
+                        help="the gateway's aac_coder (its default: fast); ffmpeg's own default is twoloop")
     parser.add_argument("--gateway-arg", action="append", default=[], help="extra twistd wcsgw option (repeat)")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--keep-work", action="store_true", help="keep the trial's capture in bench/work/")

@@ -567,3 +567,23 @@ class G711TableTests(SynchronousTestCase):
         self.assertEqual(outputs[0], outputs[1])
         self.assertEqual(fast.counters.gaps_filled, 1)
         self.assertIsNone(AudioTranscoder("PCMU", 8000, 1)._g711_table)  # 44.1 kHz: resampled as before
+
+
+class CoderTests(SynchronousTestCase):
+    def test_coder_reaches_the_encoder(self) -> None:
+        """The AAC coder is FFmpeg's aac_coder option (fast by default): fast and twoloop encode the same input
+        to different AAC, both decoding to the tone; an unknown coder is refused."""
+        payloads = g711_payloads("pcm_mulaw", 1.0)
+        fast = AudioTranscoder("PCMU", 8000, sample_rate=8000)
+        twoloop = AudioTranscoder("PCMU", 8000, sample_rate=8000, coder="twoloop")
+        by_fast = transcode_audio(fast, payloads)
+        by_twoloop = transcode_audio(twoloop, payloads)
+        self.assertEqual(fast._coder, "fast")
+        self.assertEqual(len(by_fast), len(by_twoloop))
+        self.assertNotEqual([o.data for o in by_fast], [o.data for o in by_twoloop])
+        for transcoder, outputs in ((fast, by_fast), (twoloop, by_twoloop)):
+            decoded = decode_aac(transcoder.audio_specific_config or b"", outputs, 8000)
+            self.assertApproximates(frequency(decoded[2048:-2048], 8000), TONE_HZ, 5.0)
+        with self.assertRaises(ValueError) as caught:
+            AudioTranscoder("PCMU", 8000, coder="anmr")
+        self.assertEqual(str(caught.exception), "AAC coder must be one of fast, twoloop, not 'anmr'")

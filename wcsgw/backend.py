@@ -193,6 +193,7 @@ class GatewayBackend:
             audio_output=settings.rtmp_audio,
             aac_sample_rate=0 if settings.aac_sample_rate == "source" else int(settings.aac_sample_rate),
             audio_bitrate=settings.aac_bitrate,
+            aac_coder=settings.aac_coder,
             video_bitrate=settings.video_bitrate,
             reconnect_delays=settings.rtmp_reconnect_delays,
         )

@@ -232,6 +232,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("aac_bitrate", _parse_int(0, 320_000), 0,
             "bits per second of the AAC audio; 0: by its sample rate (24000 at 8 kHz, 32000 at 16 kHz, 48000 up to "
             "32 kHz, 64000 at 44.1 and 48 kHz)"),
+    Setting("aac_coder", _parse_choice("fast", "twoloop"), "fast",
+            "FFmpeg's AAC coder: fast, or twoloop (FFmpeg's default: about twice the CPU; on speech-like audio at "
+            "8 kHz and 24 kbit/s the bench measured 17.1 dB SNR for twoloop and 16.8 dB for fast)", "aac-coder"),
     Setting("video_bitrate", _parse_int(100_000, 20_000_000), 1_500_000,
             "bits per second of re-encoded H.264 (VP8 calls, or disable_streaming_proxy=true)"),
     Setting("rtmp_reconnect_delays", _parse_delays, (1.0, 2.0, 4.0, 8.0, 15.0),
@@ -282,6 +285,7 @@ class Settings:
     rtmp_audio: str
     aac_sample_rate: str
     aac_bitrate: int
+    aac_coder: str
     video_bitrate: int
     rtmp_reconnect_delays: tuple[float, ...]
     transcode_threads: int

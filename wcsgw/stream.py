@@ -68,6 +68,7 @@ class StreamOptions:
     audio_output: str = "aac"  # "aac" or "passthrough" (G.711 and 16 kHz Speex only; others become AAC)
     aac_sample_rate: int = 44100  # 0: the input codec's own rate (no resampling)
     audio_bitrate: int = 0  # AAC bits per second; 0: by the sample rate (see transcoder.aac_bitrate)
+    aac_coder: str = "fast"  # FFmpeg's aac_coder: fast or twoloop
     video_bitrate: int = 1_500_000
     keyframe_interval_s: float = 2.0
     worker_queue: int = 50
@@ -171,7 +172,7 @@ class CallStream:
 
         def make() -> AudioTranscoder:
             return AudioTranscoder(params.codec, params.clock_rate, params.channels, output="aac",
-                                   sample_rate=rate, bitrate=options.audio_bitrate)
+                                   sample_rate=rate, bitrate=options.audio_bitrate, coder=options.aac_coder)
 
         self._audio_worker = TranscodeWorker(self._reactor, make, self._audio_out, max_queue=options.worker_queue,
                                              name=f"audio-{self.name}", pool=self._pool)

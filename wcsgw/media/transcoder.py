@@ -47,6 +47,7 @@ __all__ = [
 log = Logger()
 
 AAC_FRAME_SIZE = 1024  # samples per AAC-LC frame
+AAC_CODERS = ("fast", "twoloop")  # FFmpeg aac encoder's aac_coder choices we offer
 AAC_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
 
 # SDP encoding name (lower case) -> (FFmpeg decoder, sample rate of the decoder or None for the SDP clock rate)
@@ -234,7 +235,9 @@ class AudioTranscoder:
         max_fill_ms: float = 1000.0,
         resync_threshold_ms: float = 15.0,
         thread_count: int = 1,
+        coder: str = "fast",
     ) -> None:
+        """``coder``: FFmpeg's ``aac_coder``, ``fast`` or ``twoloop`` (FFmpeg's default, about twice the CPU)."""
         key = codec.lower()
         if key not in _AUDIO_DECODERS:
             raise ValueError(f"unsupported audio codec {codec!r}: expected PCMU, PCMA, opus or speex")
@@ -263,6 +266,9 @@ class AudioTranscoder:
 
         if sample_rate not in AAC_SAMPLE_RATES:
             raise ValueError(f"unsupported AAC sample rate {sample_rate}")
+        if coder not in AAC_CODERS:
+            raise ValueError(f"AAC coder must be one of {', '.join(AAC_CODERS)}, not {coder!r}")
+        self._coder = coder
         if max_fill_ms < resync_threshold_ms:
             raise ValueError("max_fill_ms must not be smaller than resync_threshold_ms")
         self.sample_rate = sample_rate
@@ -344,6 +350,7 @@ class AudioTranscoder:
         encoder.bit_rate = aac_bitrate(self._bitrate, self.sample_rate, self.output_channels)
         encoder.time_base = Fraction(1, self.sample_rate)
         encoder.thread_count = self._thread_count
+        encoder.options = {"aac_coder": self._coder}
         encoder.open()
         return encoder
 
