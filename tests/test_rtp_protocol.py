@@ -104,6 +104,15 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(self.events, [AudioFrame(160, b"\xff" * 160, 0)])
         self.assertEqual(self.session.stats[0x5555].last_arrival, 1000.0)
 
+    def test_a_batch_with_kernel_arrival_times(self) -> None:
+        """Datagrams handed over together (MediaSockets' drain) reach the session with their own arrival times,
+        their frames come out in order, and the timer stays one."""
+        self.media.rtp_protocol.datagrams_arrived([(rtp(1), REMOTE, 999.5), (rtp(2), REMOTE, 999.52)])
+        self.assertEqual(self.events, [AudioFrame(160, b"\xff" * 160, 0), AudioFrame(320, b"\xff" * 160, 0)])
+        self.assertEqual([e.arrival for e in self.events], [999.5, 999.52])  # type: ignore[attr-defined]
+        self.assertEqual(self.session.stats[0x5555].last_arrival, 999.52)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+
     def test_one_timer(self) -> None:
         """Exactly one DelayedCall is armed, at the session's next deadline, and it drives the session."""
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
@@ -220,3 +229,28 @@ class LateAttachTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             proto.send_dtmf("1")
         self.successResultOf(proto.stop())
+
+
+class LazyTimerTests(SynchronousTestCase):
+    def test_a_later_deadline_keeps_the_armed_timer(self) -> None:
+        """A packet that moves the session's deadline later leaves the armed timer alone: it fires early, finds
+        nothing due, and is armed again for the new deadline, so inactivity is reported on time, not early."""
+        reactor = FakeUdpReactor()
+        reactor.advance(1000.0)
+        events: list[object] = []
+        config = SessionConfig(rtp_in_buffer=False, keepalive=False, rtp_activity_timeout=2.0,
+                               rtcp_min_interval=60.0)
+        session = MediaStreamSession(params(), config, reactor.seconds(), rng=random.Random(3))
+        media = MediaStreamProtocol(reactor, session, events.append)
+        media.listen(20000, 20001, interface="127.0.0.1")
+        (armed,) = reactor.getDelayedCalls()
+        self.assertEqual(armed.getTime(), 1002.0)
+        reactor.advance(1.0)
+        media.rtp_protocol.datagramReceived(rtp(1), REMOTE)  # inactivity now due at 1003
+        self.assertEqual(reactor.getDelayedCalls(), [armed])
+        reactor.advance(1.0)  # 1002: the early fire
+        self.assertEqual([type(e).__name__ for e in events], ["AudioFrame"])
+        (rearmed,) = reactor.getDelayedCalls()
+        self.assertEqual(rearmed.getTime(), 1003.0)
+        reactor.advance(1.0)
+        self.assertEqual([type(e).__name__ for e in events], ["AudioFrame", "RtpInactivity"])

@@ -43,6 +43,10 @@ def _option_help(name: str) -> str:
 
 
 SWITCH_INTERVAL = 0.001  # seconds; see GatewayService.startService
+# SO_RCVBUF of each media socket: Linux's default (208 KiB, about 90 full-size datagrams as the kernel counts them)
+# is half a second of 1.5 Mbit/s video, less during a keyframe; a reactor stalled that long (70 calls set up at
+# once) loses packets, and the keyframe requests that follow add work.  The kernel caps it at net.core.rmem_max.
+MEDIA_RECEIVE_BUFFER = 1 << 20
 
 
 class Options(usage.Options):
@@ -123,7 +127,8 @@ class GatewayService(service.MultiService):
                                   t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
         self.pool = WorkerPool(reactor, settings.transcode_threads or os.cpu_count() or 2, name="wcsgw-tc")
-        self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0)
+        self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0,
+                                           receive_buffer=MEDIA_RECEIVE_BUFFER)
                               if udp.available() and IReactorFDSet.providedBy(reactor) else None)
         self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool,
                                       public_address=public_address, media_sockets=self.media_sockets)
@@ -154,7 +159,7 @@ class GatewayService(service.MultiService):
                  profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
         # The reactor thread gives up the GIL at every system call; a transcoding thread that takes it then keeps
         # it until it blocks or the switch interval (5 ms by default) ends, and the reactor waits that long.
-        # At 50 calls on the bench, 1 ms took the 99th percentile of RTMP latency from 218 ms to 76 ms.
+        # In one pair of bench runs at 50 calls, 1 ms took the 99th percentile of RTMP latency from 218 to 76 ms.
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.agent.start()
