@@ -165,7 +165,7 @@ class CallStream:
         self._audio_header = flv.aac_sequence_header_tag(0, audio_specific_config(rate, channels))
         options = self._options
         if codec in ("PCMU", "PCMA") and params.channels == 1:
-            # G.711 is one byte per sample and stateless: payloads that follow each other join into one decode.
+            # G.711 is one byte per sample and stateless: payloads that follow each other join into one job.
             # Sending the worker one job per AAC frame instead of one per packet costs far fewer thread hand-offs
             # (at 8 kHz, 1 instead of 6.4), and no latency: a frame cannot be encoded before its last sample.
             self._audio_frame_in = AAC_FRAME_SIZE * params.clock_rate / rate

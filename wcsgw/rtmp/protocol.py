@@ -119,9 +119,9 @@ class RtmpClientProtocol(Protocol):
         """``transport.write``, but on a plain TCP connection with nothing buffered, ``send`` at once.
 
         Twisted's write only buffers: the reactor's next turn registers the socket for writing (an epoll_ctl),
-        sends, and unregisters it (another).  Per FLV tag that was 55 us against 27 us for a direct ``send``
-        (bench numbers in the README).  What the socket does not take goes to the transport as before, which
-        then keeps the order and the back-pressure (``pauseProducing``)."""
+        sends, and unregisters it (another).  For a 7.5 KB video tag to a loopback sink that was 55 us of CPU
+        against 27 us for a direct ``send``, measured here.  What the socket does not take goes to the transport
+        as before, which then keeps the order and the back-pressure (``pauseProducing``)."""
         transport: Any = self.transport
         sock = getattr(transport, "socket", None)
         if (sock is None or not isinstance(transport, tcp.Connection) or transport.dataBuffer
