@@ -1,16 +1,20 @@
-"""The reactor thread's work per RTP packet of one call, in process, without sockets or threads.
+"""The reactor thread's work per RTP packet of N calls, in process, without sockets or threads.
 
     .venv/bin/python -m bench.pipeline                 # 30 s of the bench's media, cost per packet
     .venv/bin/python -m bench.pipeline --profile 25    # and the 25 costliest functions (cProfile)
+    .venv/bin/python -m bench.pipeline --calls 10      # ten calls side by side
 
 The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
-own classes, as one call: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``,
-as ``MediaSockets`` delivers them (RTP parse, latch, stats, jitter buffer, depacketizer, events), ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a
-``StringTransport`` (after a scripted RTMP handshake), with a ``MemoryReactorClock`` advanced to each packet's
-time, so the timers run as they would.  Audio goes to AAC as in the bench (8 kHz, G.711 payloads gathered into
-one worker job per AAC frame), but the jobs are dropped instead of transcoded: the worker threads are
-``bench/run.py``'s to measure; ``--audio passthrough`` makes G.711 tags here instead.  What this leaves out is Twisted's own per-datagram cost (epoll, ``recvfrom``) and
-the kernel's; ``bench/run.py`` measures the whole process.
+own classes: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``, as
+``MediaSockets`` delivers them (RTP parse, latch, stats, jitter buffer, depacketizer, events), then
+``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a ``StringTransport`` (after a scripted RTMP
+handshake), with a ``MemoryReactorClock`` advanced to each drain's time, so the timers run as they would.
+
+Audio goes to AAC as in the bench (8 kHz, G.711 payloads gathered into one worker job per AAC frame), but the
+jobs are dropped instead of transcoded: the worker threads are ``bench/run.py``'s to measure; ``--audio
+passthrough`` makes G.711 tags here instead.  What this leaves out: reading the sockets (epoll, ``recvmsg``), the
+kernel's work, and the GIL shared with the worker threads; ``bench/run.py`` measures the whole process, which
+costs about twice this per packet.
 
 It prints microseconds of CPU per packet and what that makes in seconds per call-minute at the bench's packet
 rates.  Use it to see what a change to the per-packet path costs without running the whole bench.

@@ -215,3 +215,18 @@ class AacTranscodeTests(TestCase):
         self.assertEqual(worker.counters.submitted, 1)  # packets 0-2; 5-6 still gathering
         self.assertEqual(stream._audio_batch_samples, 320)
         yield stream.stop()
+
+    @inlineCallbacks
+    def test_at_44100_hz_a_job_carries_at_least_60_ms(self) -> Any:
+        """At 44.1 kHz an AAC frame needs about one packet of PCMU; payloads still go to the worker 60 ms (480
+        samples) at a time: a third of the jobs."""
+        stream = CallStream(reactor, "s5", StreamOptions(), audio=AUDIO_PCMU, video=None,
+                            request_keyframe=lambda: None, publisher_factory=FakePublisher)
+        now = reactor.seconds()
+        for n in range(60):  # 1.2 s
+            stream.media_event("audio", AudioFrame(n * 160, bytes([0x20 + n % 60]) * 160, 0, now + n * 0.02),
+                               now + n * 0.02)
+        worker = stream._audio_worker
+        self.assertEqual(worker.counters.submitted, 20)  # 9600 samples in jobs of 480
+        yield wait_for(lambda: worker.counters.processed == 20, what="the audio worker")
+        yield stream.stop()

@@ -159,7 +159,8 @@ class GatewayService(service.MultiService):
                  profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
         # The reactor thread gives up the GIL at every system call; a transcoding thread that takes it then keeps
         # it until it blocks or the switch interval (5 ms by default) ends, and the reactor waits that long.
-        # In one pair of bench runs at 50 calls, 1 ms took the 99th percentile of RTMP latency from 218 to 76 ms.
+        # Bench runs could not tell 1 ms from 5 apart (p99 at 50 calls: 49-548 ms and 73-440 ms); the reactor,
+        # which carries the latency, is the thread that should wait least.
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.agent.start()

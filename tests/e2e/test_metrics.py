@@ -126,7 +126,8 @@ class MetricsTests(TestCase):
         for _ in range(200):
             during = yield media_flowing()
             if (total(during, "wcsgw_rtp_packets_lost_total") > 0 and total(during, "wcsgw_call_setup_seconds_count")
-                    and total(during, "wcsgw_rtp_to_rtmp_latency_seconds_count") > 50):
+                    and during.get('wcsgw_rtp_to_rtmp_latency_seconds_count{media="audio"}', 0) > 20
+                    and during.get('wcsgw_rtp_to_rtmp_latency_seconds_count{media="video"}', 0) > 20):
                 break
             yield deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(during['wcsgw_calls{status="ESTABLISHED"}'], 1)
