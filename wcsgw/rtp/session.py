@@ -226,16 +226,18 @@ class MediaStreamSession:
     def events(self) -> list[MediaEvent]:
         """Events since the last call, oldest first."""
         out = self._events
-        if out:
-            self._events = []
-        return out if out else []
+        if not out:
+            return []
+        self._events = []
+        return out
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address, str]]:
         """``(data, address, "rtp" | "rtcp")``: the socket to send from is named (RTCP goes on "rtp" with mux)."""
         out = self._outgoing
-        if out:
-            self._outgoing = []
-        return out if out else []
+        if not out:
+            return []
+        self._outgoing = []
+        return out
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` is due next (None: closed).  Runs after every datagram, hence the plain code."""
