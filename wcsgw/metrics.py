@@ -293,6 +293,17 @@ def render(gateway: Any) -> str:
                   gateway.lag.histogram)
     out.metric("wcsgw_reactor_lag_max_seconds", "gauge", "largest reactor lag seen", [("", gateway.lag.max)])
 
+    sockets = getattr(gateway, "media_sockets", None)
+    if sockets is not None:
+        out.metric("wcsgw_media_datagrams_total", "counter", "datagrams read from the media sockets",
+                   [("", sockets.datagrams)])
+        out.metric("wcsgw_media_drains_total", "counter", "batched reads of the media sockets",
+                   [("", sockets.drains)])
+        out.metric("wcsgw_media_socket_errors_total", "counter",
+                   "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",
+                   [('{kind="receive"}', sockets.receive_errors), ('{kind="protocol"}', sockets.protocol_errors),
+                    ('{kind="send_dropped"}', sockets.send_drops)])
+
     for name, value in sorted(agent.counters.items()):
         out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",
                    [("", value)])

@@ -304,12 +304,7 @@ class MediaStreamSession:
         counters.rtp_datagrams += 1
         latch = self._rtp_latch
         latched = latch.latched
-        if latched is None:
-            if not latch.accepts(addr):
-                counters.dropped_unexpected_source += 1
-                log.debug("RTP from unexpected source {addr} dropped", addr=addr)
-                return
-        elif addr != latched:
+        if (addr != latched) if latched is not None else not latch.accepts(addr):  # no call once latched
             counters.dropped_unexpected_source += 1
             log.debug("RTP from unexpected source {addr} dropped", addr=addr)
             return
