@@ -190,12 +190,16 @@ class H264Depacketizer:
     def push(self, packet: RtpPacket) -> list[AccessUnit]:
         """Add the next packet in sequence order; return the access units it completes. A malformed payload breaks
         the unit in progress; it is counted in ``errors`` and described in ``last_error``."""
+        return self.push_payload(packet.payload, packet.timestamp, packet.marker)
+
+    def push_payload(self, payload: bytes, timestamp: int, marker: bool) -> list[AccessUnit]:
+        """``push`` of a packet given as its payload, timestamp and marker (the session's in-order fast path has
+        no ``RtpPacket``)."""
         out: list[AccessUnit] = []
-        if self._timestamp is not None and packet.timestamp != self._timestamp:
+        if self._timestamp is not None and timestamp != self._timestamp:
             self._finish(out)
-        payload = packet.payload
         if self._timestamp is None:
-            self._timestamp = packet.timestamp
+            self._timestamp = timestamp
             if self._gap:
                 self._broken = not payload or not _starts_picture(payload)
         elif self._gap:
@@ -212,7 +216,7 @@ class H264Depacketizer:
                 self._broken = True
                 self.errors += 1
                 self.last_error = str(exc)
-        if packet.marker:
+        if marker:
             self._finish(out)
         return out
 

@@ -93,6 +93,31 @@ class JitterBuffer:
         _, arrival = next(iter(self._pending.values()))
         return arrival + self.depth
 
+    def next_in_order(self) -> int | None:
+        """The extended sequence number of the packet that ``push`` would release at once and alone (nothing held,
+        no gap or restart to report), or None when the next packet needs ``push``."""
+        if self._pending or self._bad_seq is not None or self._lost_accumulated or self._reset_next:
+            return None
+        following = self._next
+        if following is None or self._highest != following - 1:
+            return None
+        return following
+
+    def took_in_order(self, count: int, newest_timestamp: int) -> None:
+        """Account ``count`` packets of this buffer's SSRC that followed one another from ``next_in_order()`` and
+        were passed on at once (the last with ``newest_timestamp``): what ``push`` does for them."""
+        if count <= 0:
+            return
+        first = self._next
+        assert first is not None
+        ring = self._released_ring
+        for extended in range(first, first + count):
+            ring[extended % _RELEASED_MEMORY] = extended
+        self._next = first + count
+        self._highest = first + count - 1
+        self._newest_timestamp = newest_timestamp
+        self.released += count
+
     def push(self, packet: RtpPacket, now: float) -> list[Released]:
         """Add a packet; return the packets now released in order."""
         out: list[Released] = []

@@ -177,13 +177,19 @@ class MediaStreamProtocol:
                 self.early_datagrams += len(datagrams)
             return
         now = self.reactor.seconds()
-        receive = session.receive_rtp if channel == RTP else session.receive_rtcp
-        for data, addr, arrival in datagrams:
+        if channel == RTP:
             try:
-                receive(data, addr, now if arrival is None else arrival)
-            except Exception:
+                self.errors += session.receive_rtp_many(datagrams, now)
+            except Exception:  # receive_rtp_many logs what fails in it; this is a last guard
                 self.errors += 1
-                log.failure("media {channel} datagram from {addr} failed", channel=channel, addr=addr)
+                log.failure("media RTP datagrams failed")
+        else:
+            for data, addr, arrival in datagrams:
+                try:
+                    session.receive_rtcp(data, addr, now if arrival is None else arrival)
+                except Exception:
+                    self.errors += 1
+                    log.failure("media {channel} datagram from {addr} failed", channel=channel, addr=addr)
         try:
             self._flush()
             self._arm_timer(now)

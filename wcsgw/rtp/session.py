@@ -12,6 +12,7 @@ limited and repeated until a keyframe arrives), keep-alive silence, DTMF packets
 from __future__ import annotations
 
 import random
+import struct
 from collections import deque
 
 from twisted.logger import Logger
@@ -20,7 +21,13 @@ from . import dtmf
 from .h264 import AccessUnit, H264Depacketizer
 from .jitterbuffer import JitterBuffer, Released
 from .latch import SourceLatch
-from .packet import RTCP_MUX_FIRST_SECOND_BYTE, RTCP_MUX_LAST_SECOND_BYTE, RtpPacket, TimestampUnwrapper
+from .packet import (
+    RTCP_MUX_FIRST_SECOND_BYTE,
+    RTCP_MUX_LAST_SECOND_BYTE,
+    RTP_SEQ_MOD,
+    RtpPacket,
+    TimestampUnwrapper,
+)
 from .params import (
     AUDIO,
     SENDRECV,
@@ -80,6 +87,7 @@ __all__ = [
 log = Logger()
 
 COMFORT_NOISE_PT = 13
+_RTP_HEADER = struct.Struct("!BBHII")  # the fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC
 _MAX_STATS = 8
 
 
@@ -290,6 +298,118 @@ class MediaStreamSession:
 
     # --- receiving RTP ----------------------------------------------------------------------------------------
 
+    def receive_rtp_many(self, datagrams: list[tuple[bytes, Address, float | None]], now: float) -> int:
+        """``receive_rtp`` for each ``(data, addr, arrival)`` in turn (``arrival`` None: ``now``); return how many
+        raised (each is logged; the others are served).
+
+        Runs of packets that simply continue the stream (the latched source, no SRTP, a plain header with the
+        media's payload type, the SSRC in force and the next sequence number, nothing held in the jitter buffer)
+        take ``_receive_in_order``: the same statistics, buffer state, frames and events as ``receive_rtp``, at a
+        fraction of its cost.  Anything else goes through ``receive_rtp``."""
+        failed = 0
+        index, count = 0, len(datagrams)
+        while index < count:
+            index, raised = self._receive_in_order(datagrams, index, now)
+            failed += raised
+            if index < count:
+                data, addr, arrival = datagrams[index]
+                index += 1
+                try:
+                    self.receive_rtp(data, addr, now if arrival is None else arrival)
+                except Exception:
+                    failed += 1
+                    log.failure("media RTP datagram from {addr} failed", addr=addr)
+        return failed
+
+    def _receive_in_order(self, datagrams: list[tuple[bytes, Address, float | None]], index: int,
+                          now: float) -> tuple[int, int]:
+        """Take datagrams from ``index`` on while each is the next packet of the stream in force (see
+        ``receive_rtp_many``); return the index of the first one not taken, and 1 if one raised (it is taken).
+
+        Per packet only the header is checked and the payload passed on; the statistics and the jitter buffer
+        are brought up to date once for the run (``on_packets_in_order``, ``took_in_order``)."""
+        latched = self._rtp_latch.latched
+        params = self.params
+        media_type = params.payload_type
+        buffer = self._buffer
+        ssrc = buffer.ssrc
+        stats = self._last_stats
+        if (latched is None or self.closed or self._srtp is not None or not self._receives or stats is None
+                or ssrc is None or ssrc != self._last_ssrc or 64 <= media_type <= 95  # 64-95: RTCP-mux range
+                or (not self._video_started and params.kind == VIDEO)):
+            return index, 0
+        first_extended = buffer.next_in_order()
+        if first_extended is None:
+            return index, 0
+        expected = first_extended % RTP_SEQ_MOD
+        if stats.next_in_order() != expected:
+            return index, 0
+        depacketizer = self._depacketizer
+        push = depacketizer.push_payload if depacketizer is not None else None
+        events = self._events
+        unwrap = self._unwrapper.unwrap
+        unpack = _RTP_HEADER.unpack_from
+        taken: list[tuple[float, int]] = []
+        octets = 0
+        timestamp = 0
+        unit_timestamp = -1  # the first packet of the run is looked after too
+        position, end = index, len(datagrams)
+        raised = 0
+        counters = self.counters
+        try:
+            while position < end:
+                data, addr, arrival = datagrams[position]
+                if addr != latched or len(data) <= 12:
+                    break
+                first, second, sequence, timestamp, packet_ssrc = unpack(data)
+                if first != 0x80 or sequence != expected or packet_ssrc != ssrc or second & 0x7F != media_type:
+                    break
+                position += 1
+                expected = (sequence + 1) % RTP_SEQ_MOD
+                if arrival is None:
+                    arrival = now
+                taken.append((arrival, timestamp))
+                payload = data[12:]
+                octets += len(payload)
+                if push is None:
+                    counters.frames += 1
+                    events.append(AudioFrame(unwrap(timestamp), payload, media_type, arrival))
+                else:
+                    errors = depacketizer.errors  # type: ignore[union-attr]
+                    marker = second > 0x7F
+                    frames = push(payload, timestamp, marker)
+                    if depacketizer.errors > errors:  # type: ignore[union-attr]
+                        counters.depacketizer_errors += depacketizer.errors - errors  # type: ignore[union-attr]
+                        log.debug("video payload error: {error}", error=depacketizer.last_error)  # type: ignore
+                    if frames:
+                        self._emit_frames(frames, arrival)
+                    # receive_rtp asks for a keyframe when loss broke a unit; that can change only when a unit
+                    # ends (a marker or a new timestamp), or before the run.  A request sends an RTCP report:
+                    # the statistics are brought up to date first.
+                    if marker or timestamp != unit_timestamp:
+                        self._took_in_order(stats, taken, octets)
+                        taken, octets = [], 0
+                        self._check_broken(arrival)
+                    unit_timestamp = timestamp
+        except Exception:
+            raised = 1
+            log.failure("media RTP datagram from {addr} failed", addr=datagrams[position - 1][1])
+        self._took_in_order(stats, taken, octets)
+        return position, raised
+
+    def _took_in_order(self, stats: ReceiverStats, taken: list[tuple[float, int]], octets: int) -> None:
+        """Account packets ``_receive_in_order`` took, as ``(arrival, timestamp)`` with ``octets`` of payload."""
+        if not taken:
+            return
+        count = len(taken)
+        stats.on_packets_in_order(taken, octets)
+        self._buffer.took_in_order(count, taken[-1][1])
+        counters = self.counters
+        counters.rtp_datagrams += count
+        counters.rtp_accepted += count
+        self._last_rtp = taken[-1][0]
+        self._inactivity_reported = False
+
     def receive_rtp(self, data: bytes, addr: Address, now: float) -> None:
         """A datagram from the RTP socket (RTCP too with rtcp-mux); ``addr`` is a ``(host, port)`` tuple.
 
@@ -412,15 +532,8 @@ class MediaStreamSession:
                 if depacketizer.errors > errors:
                     counters.depacketizer_errors += depacketizer.errors - errors
                     log.debug("video payload error: {error}", error=depacketizer.last_error)
-                for frame in frames:
-                    self._frames_seen = True
-                    frame.timestamp = unwrap(frame.timestamp)
-                    frame.arrival = arrival
-                    if frame.keyframe:
-                        self._kf_needed = False
-                        self._kf_attempts = 0
-                    counters.frames += 1
-                    events.append(frame)
+                if frames:
+                    self._emit_frames(frames, arrival)
             elif packet.payload:
                 counters.frames += 1
                 events.append(AudioFrame(unwrap(packet.timestamp), packet.payload, payload_type, arrival))
@@ -428,6 +541,19 @@ class MediaStreamSession:
                 counters.dropped_empty += 1
         if released and self._video_started:
             self._check_broken(now)
+
+    def _emit_frames(self, frames: list[AccessUnit] | list[Vp8Frame], arrival: float) -> None:
+        """Video frames the depacketizer completed with a packet that arrived at ``arrival``."""
+        unwrap = self._unwrapper.unwrap
+        for frame in frames:
+            self._frames_seen = True
+            frame.timestamp = unwrap(frame.timestamp)
+            frame.arrival = arrival
+            if frame.keyframe:
+                self._kf_needed = False
+                self._kf_attempts = 0
+            self.counters.frames += 1
+            self._events.append(frame)
 
     def _receive_telephone_event(self, packet: RtpPacket) -> None:
         try:

@@ -139,6 +139,45 @@ class ReceiverStats:
             self._jitter += (d - self._jitter) / 16.0
         self._transit = transit
 
+    def next_in_order(self) -> int | None:
+        """The 16-bit sequence number that simply follows the highest seen, or None while the next packet needs
+        ``on_packet`` (nothing received yet, or no transit time to take jitter from)."""
+        if not self._started or self._transit is None:
+            return None
+        return (self._max_seq + 1) % RTP_SEQ_MOD
+
+    def on_packets_in_order(self, packets: list[tuple[float, int]], octets: int) -> None:
+        """Account packets each of which followed the one before in sequence, the first one ``next_in_order()``,
+        given as ``(arrival, timestamp)`` with ``octets`` of payload in all: what ``on_packet`` does for each of
+        them, in one call (the session's fast path for runs of in-order packets)."""
+        count = len(packets)
+        if not count:
+            return
+        rate = self.clock_rate
+        jitter = self._jitter
+        previous = self._transit
+        assert previous is not None
+        for arrival, timestamp in packets:  # A.8, as in on_packet
+            transit = int(arrival * rate) - timestamp
+            d = (transit - previous) % _TIMESTAMP_MOD
+            if d >= _TIMESTAMP_MOD // 2:
+                d = _TIMESTAMP_MOD - d
+            jitter += (d - jitter) / 16.0
+            previous = transit
+        self._jitter = jitter
+        self._transit = previous
+        highest = self._cycles + self._max_seq
+        recent = self._recent
+        for extended in range(highest + 1, highest + count + 1):
+            recent[extended % _DUPLICATE_WINDOW] = extended
+        highest += count
+        self._max_seq = highest % RTP_SEQ_MOD
+        self._cycles = highest - self._max_seq
+        self.received += count
+        self._received_since_report += count
+        self.octets += octets
+        self.last_arrival = packets[-1][0]
+
     def on_sender_report(self, report: RtcpSenderReport, arrival: float) -> SenderReportInfo:
         """Keep a sender report's timing for LSR/DLSR and lip sync."""
         info = SenderReportInfo(

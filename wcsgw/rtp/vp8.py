@@ -191,27 +191,32 @@ class Vp8Depacketizer:
     def push(self, packet: RtpPacket) -> list[Vp8Frame]:
         """Add the next packet; return the frames it completes. Malformed descriptors break the frame in progress
         (counted in ``errors``, described in ``last_error``)."""
+        return self.push_payload(packet.payload, packet.timestamp, packet.marker)
+
+    def push_payload(self, payload: bytes, timestamp: int, marker: bool) -> list[Vp8Frame]:
+        """``push`` of a packet given as its payload, timestamp and marker (the session's in-order fast path has
+        no ``RtpPacket``)."""
         out: list[Vp8Frame] = []
-        if self._timestamp is not None and packet.timestamp != self._timestamp:
+        if self._timestamp is not None and timestamp != self._timestamp:
             self._finish(out)
         try:
-            descriptor, offset = Vp8PayloadDescriptor.parse(packet.payload)
-            if offset >= len(packet.payload):
+            descriptor, offset = Vp8PayloadDescriptor.parse(payload)
+            if offset >= len(payload):
                 raise ValueError("VP8 payload is empty after the descriptor")
         except ValueError as exc:
             self.errors += 1
             self.last_error = str(exc)
             if self._timestamp is None:
-                self._timestamp = packet.timestamp
+                self._timestamp = timestamp
             self._broken = True
             self._gap = False
-            if packet.marker:
+            if marker:
                 self._finish(out)
             return out
-        payload = packet.payload[offset:]
+        payload = payload[offset:]
         begins = descriptor.start_of_partition and descriptor.partition_index == 0
         if self._timestamp is None:
-            self._timestamp = packet.timestamp
+            self._timestamp = timestamp
             self._picture_id = descriptor.picture_id
             if not begins:
                 self._broken = True
@@ -224,7 +229,7 @@ class Vp8Depacketizer:
         if begins and not self._parts:
             self._keyframe = not payload[0] & 0x01
         self._parts.append(payload)
-        if packet.marker:
+        if marker:
             self._finish(out)
         return out
 

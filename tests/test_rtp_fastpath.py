@@ -1,0 +1,191 @@
+"""Tests for the session's batch receive (``MediaStreamSession.receive_rtp_many``): its fast path for runs of
+in-order packets must leave exactly what ``receive_rtp`` leaves, packet by packet: events (frames with their
+arrival times, keyframe requests, restarts, digits), counters, receive statistics, jitter buffer state and the
+RTCP it sends.  Streams are real H.264 and VP8 captures and PCMU, put through loss, reordering, duplicates,
+foreign sources, SSRC changes, payload types of DTMF and comfort noise, padding and malformed packets."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, fields, is_dataclass, replace
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from wcsgw.rtp.dtmf import TelephoneEvent
+from wcsgw.rtp.packet import RtpPacket
+from wcsgw.rtp.session import MediaStreamSession
+
+from .test_rtp_session import PUBLIC, audio_params, load_fixture, make, video_params
+
+STRANGER = ("198.51.100.9", 5004)
+
+
+def _state(session: MediaStreamSession) -> dict[str, Any]:
+    """What a session shows of itself, for comparison."""
+    stats = {
+        ssrc: (s.received, s.octets, s.jitter, s.lost, s.expected, s.extended_highest_sequence, s.duplicated,
+               s.reordered, s.late, s.last_arrival, s.received_since_report)
+        for ssrc, s in session.stats.items()
+    }
+    buffer = session.jitter_buffer
+    depacketizer = session.depacketizer
+    return {
+        "counters": asdict(session.counters),
+        "stats": stats,
+        "buffer": (buffer.released, buffer.lost, buffer.late, buffer.duplicates, buffer.out_of_range, buffer.resets,
+                   buffer.forced, buffer.pending, buffer.ssrc),
+        "depacketizer": None if depacketizer is None else (
+            depacketizer.emitted, depacketizer.dropped_broken, depacketizer.errors, depacketizer.keyframe_needed),
+        "timer": session.get_timer(),
+    }
+
+
+def _event(event: Any) -> Any:
+    """An event with every field, ``arrival`` included (dataclass equality leaves it out)."""
+    if is_dataclass(event):
+        return type(event).__name__, tuple(getattr(event, f.name) for f in fields(event))
+    return event
+
+
+def _impaired(packets: list[RtpPacket], rng: random.Random, *,
+              extra_pt: int | None = None) -> list[tuple[bytes, tuple[str, int]]]:
+    """The packets with loss, swaps, duplicates, strangers, another SSRC for a while, padding, junk."""
+    out: list[tuple[bytes, tuple[str, int]]] = []
+    ssrc_switch = len(packets) * 2 // 3
+    for index, packet in enumerate(packets):
+        if index >= ssrc_switch:
+            packet = replace(packet, ssrc=packet.ssrc ^ 0x1234)
+        roll = rng.random()
+        if roll < 0.03:
+            continue  # lost
+        data = bytes(packet)
+        if roll < 0.05:
+            out.append((data, STRANGER))
+            continue
+        out.append((data, PUBLIC))
+        if roll < 0.07:
+            out.append((data, PUBLIC))  # duplicate
+        elif roll < 0.09 and len(out) >= 2:
+            out[-1], out[-2] = out[-2], out[-1]  # reordered
+        elif roll < 0.10:
+            out.append((b"\x80\x60\x00", PUBLIC))  # too short
+        elif roll < 0.11:
+            padded = replace(packet, sequence_number=(packet.sequence_number + 1) % 65536,
+                             payload=packet.payload[:1], padding_size=4)
+            out.append((bytes(padded), PUBLIC))  # a padded packet where the next one is due
+        elif roll < 0.12 and extra_pt is not None:
+            event = bytes(TelephoneEvent(5, True, 10, 800))
+            out.append((bytes(replace(packet, payload_type=extra_pt, payload=event, marker=False,
+                                      sequence_number=(packet.sequence_number + 1) % 65536)), PUBLIC))
+        elif roll < 0.13:
+            out.append((bytes(replace(packet, payload_type=13, payload=b"\x40",
+                                      sequence_number=(packet.sequence_number + 1) % 65536)), PUBLIC))
+    return out
+
+
+class EquivalenceMixin:
+    """Feed the same datagrams to one session packet by packet and to another in batches; compare."""
+
+    assertEqual: Any
+
+    def check(self, make_session: Any, datagrams: list[tuple[bytes, tuple[str, int]]], seed: int) -> int:
+        """Return how many datagrams ``receive_rtp`` saw in the batched session (the rest took the fast path)."""
+        rng = random.Random(seed)
+        one, many = make_session(), make_session()
+        slow_calls = 0
+        original = many.receive_rtp
+
+        def counting(data: bytes, addr: tuple[str, int], now: float) -> None:
+            nonlocal slow_calls
+            slow_calls += 1
+            original(data, addr, now)
+
+        many.receive_rtp = counting  # type: ignore[method-assign]
+        now = 0.0
+        index = 0
+        while index < len(datagrams):
+            batch = []
+            for _ in range(rng.choice((1, 2, 3, 5, 8, 20))):
+                if index == len(datagrams):
+                    break
+                now += rng.choice((0.0, 0.001, 0.004, 0.011))
+                data, addr = datagrams[index]
+                batch.append((data, addr, now))
+                index += 1
+            for data, addr, arrival in batch:
+                one.receive_rtp(data, addr, arrival)
+            now += rng.choice((0.0, 0.002))
+            self.assertEqual(many.receive_rtp_many(batch, now), 0)
+            for session in (one, many):  # the timer, where both would fire it
+                when = session.get_timer()
+                if when is not None and when <= now:
+                    session.handle_timer(now)
+            self.assertEqual([_event(e) for e in many.events()], [_event(e) for e in one.events()])
+            self.assertEqual(many.datagrams_to_send(), one.datagrams_to_send())
+            self.assertEqual(_state(many), _state(one))
+        return slow_calls
+
+
+class H264Tests(EquivalenceMixin, SynchronousTestCase):
+    def packets(self, repeat: int = 6) -> list[RtpPacket]:
+        base = load_fixture("h264_160x120.rtp")
+        out: list[RtpPacket] = []
+        # the capture again and again, continuing its numbering from 65000 so that it wraps
+        step = base[-1].timestamp - base[0].timestamp + 3000
+        for round_ in range(repeat):
+            for packet in base:
+                out.append(replace(packet, sequence_number=(65000 + len(out)) % 65536,
+                                   timestamp=(packet.timestamp + round_ * step) % 2**32))
+        return out
+
+    def test_clean_stream_takes_the_fast_path(self) -> None:
+        """Without impairment, only the first packets of the stream go through receive_rtp."""
+        packets = self.packets()
+        slow = self.check(lambda: make(video_params(remote_pli=True)), [(bytes(p), PUBLIC) for p in packets], 1)
+        self.assertLess(slow, 3)
+        self.assertGreater(len(packets), 100)
+
+    def test_impaired_streams(self) -> None:
+        for seed in range(12):
+            rng = random.Random(seed)
+            datagrams = _impaired(self.packets(), rng, extra_pt=101)
+            buffered = seed % 2 == 0
+            slow = self.check(lambda: make(video_params(remote_pli=True, telephone_event_pt=101),
+                                           rtp_in_buffer=buffered, jitter_buffer_ms=30.0), datagrams, seed)
+            self.assertLess(slow, len(datagrams) // 2, f"seed {seed}: the fast path was hardly taken")
+
+
+class Vp8Tests(EquivalenceMixin, SynchronousTestCase):
+    def test_impaired_streams(self) -> None:
+        base = load_fixture("vp8_160x120.rtp")
+        packets = [replace(p, sequence_number=(65500 + i) % 65536) for i, p in enumerate(base * 1)]
+        for seed in range(6):
+            datagrams = _impaired(packets, random.Random(seed))
+            self.check(lambda: make(video_params(codec="VP8", payload_type=97), rtp_in_buffer=bool(seed % 2)),
+                       datagrams, seed)
+
+
+class AudioTests(EquivalenceMixin, SynchronousTestCase):
+    def packets(self) -> list[RtpPacket]:
+        rng = random.Random(3)
+        return [RtpPacket(0, i == 0, (65400 + i) % 65536, (2**32 - 8000 + 160 * i) % 2**32, 0x5555,
+                          payload=bytes(rng.randrange(256) for _ in range(160))) for i in range(400)]
+
+    def test_clean_stream_takes_the_fast_path(self) -> None:
+        packets = self.packets()
+        slow = self.check(lambda: make(audio_params()), [(bytes(p), PUBLIC) for p in packets], 2)
+        self.assertLess(slow, 3)
+
+    def test_impaired_streams(self) -> None:
+        for seed in range(12):
+            datagrams = _impaired(self.packets(), random.Random(seed), extra_pt=101)
+            self.check(lambda: make(audio_params(), rtp_in_buffer=bool(seed % 2), jitter_buffer_ms=40.0),
+                       datagrams, seed)
+
+    def test_not_receiving_takes_the_slow_path(self) -> None:
+        """A session that does not receive leaves every packet to receive_rtp (which drops and counts it)."""
+        packets = self.packets()[:50]
+        datagrams = [(bytes(p), PUBLIC) for p in packets]
+        slow = self.check(lambda: make(audio_params(direction="sendonly")), datagrams, 4)
+        self.assertEqual(slow, len(datagrams))
