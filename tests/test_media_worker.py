@@ -311,3 +311,43 @@ class PoolTests(SynchronousTestCase):
         self.run_until(reactor, lambda: bool(pool_stopped))
         self.assertEqual([t for t in threading.enumerate() if t.name.startswith(name)], [])
         self.assertTrue(all(r[-1] == "flushed" for r in results.values()))
+
+
+class BatchTests(SynchronousTestCase):
+    run_until = PoolTests.run_until
+    def test_items_wait_for_the_batch_and_results_come_back_together(self) -> None:
+        """With batch_interval, items reach the thread only when the interval is over, all at once, and their
+        results come back to the reactor in one call; each lane keeps its order."""
+        reactor = ThreadedFakeReactor()
+        name = f"test-pool-{next(_names)}"
+        pool = WorkerPool(reactor, 1, name=name, batch_interval=0.02)
+        transcoders = [EchoTranscoder(), EchoTranscoder()]
+        results: dict[int, list[str]] = {0: [], 1: []}
+        lanes = [TranscodeWorker(reactor, lambda n=n: transcoders[n], results[n].append, pool=pool,
+                                 name=f"lane{n}", max_queue=100) for n in range(2)]
+        for i in range(5):
+            for n, lane in enumerate(lanes):
+                self.assertTrue(lane.submit(MediaInput(f"{n}.{i}".encode(), float(i))))
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)  # one timer for the pool, not one per item
+        self.assertFalse(transcoders[0].started.wait(0.05))  # nothing reached the thread yet
+        self.assertEqual(pool.batches, 0)
+        reactor.advance(0.02)
+        self.assertEqual(pool.batches, 1)
+        f, args = reactor.from_thread.get(timeout=WAIT)  # the whole batch's results, in one call
+        f(*args)
+        self.assertEqual(results, {n: [f"{n}.{i}-out" for i in range(5)] for n in range(2)})
+        self.assertTrue(reactor.from_thread.empty())
+        # a lane's stop is handed over with the next batch; the pool's stop hands over what is pending
+        self.assertTrue(lanes[0].submit(MediaInput(b"0.5", 5.0)))
+        lanes[0].stop()
+        lanes[1].stop()
+        pool_stopped: list[object] = []
+        pool.stop().addCallback(pool_stopped.append)
+        self.run_until(reactor, lambda: bool(pool_stopped))
+        self.assertEqual(results[0][-2:], ["0.5-out", "flushed"])
+        self.assertEqual(results[1][-1], "flushed")
+        self.assertEqual(pool.batches, 2)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_negative_interval_refused(self) -> None:
+        self.assertRaises(ValueError, WorkerPool, ThreadedFakeReactor(), 1, batch_interval=-1.0)

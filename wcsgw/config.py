@@ -241,6 +241,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between RTMP reconnect attempts; when all fail the destination is RTMP_CONNECTION_FAILED"),
     Setting("transcode_threads", _parse_int(0, 64), 0,
             "threads shared by every call's transcoding (AAC, VP8 to H.264); 0: one per CPU core"),
+    Setting("transcode_batch_ms", _parse_int(0, 200), 20,
+            "transcoding work waits up to this many ms and goes to the threads in batches, whose results come back "
+            "together (0: each item at once); a thread's wake-up can cost as much CPU as encoding an AAC frame",
+            "transcode-batch-ms"),
     Setting("srtp", _parse_bool, False,
             "offer SRTP (RTP/SAVP, SDES a=crypto) on every call; a callee written sips:NAME asks for it per call"),
     Setting("rtmp_failure_ends_call", _parse_bool, False,
@@ -289,6 +293,7 @@ class Settings:
     video_bitrate: int
     rtmp_reconnect_delays: tuple[float, ...]
     transcode_threads: int
+    transcode_batch_ms: int
     srtp: bool
     rtmp_failure_ends_call: bool
 

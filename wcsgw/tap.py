@@ -126,7 +126,8 @@ class GatewayService(service.MultiService):
                                   public_address=public_address, user_agent=settings.user_agent,
                                   t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
-        self.pool = WorkerPool(reactor, settings.transcode_threads or os.cpu_count() or 2, name="wcsgw-tc")
+        self.pool = WorkerPool(reactor, settings.transcode_threads or os.cpu_count() or 2, name="wcsgw-tc",
+                               batch_interval=settings.transcode_batch_ms / 1000.0)
         self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER)
                               if udp.available() and IReactorFDSet.providedBy(reactor) else None)
