@@ -158,6 +158,9 @@ class IntervalTests(TestCase):
             self.assertGreaterEqual(arrival, when - 0.001)  # kernel microseconds against time.time()
             self.assertLessEqual(arrival, delivered)
         self.assertEqual(recorder.arrivals, sorted(recorder.arrivals))
+        # the reactor thread's CPU of the drains, in its two parts
+        self.assertGreater(self.sockets.read_cpu, 0.0)
+        self.assertGreater(self.sockets.deliver_cpu, 0.0)
 
     def test_the_timer_stops_with_the_last_socket(self) -> None:
         """The drain timer runs only while a socket is bound."""

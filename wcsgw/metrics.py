@@ -303,6 +303,9 @@ def render(gateway: Any) -> str:
                    "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",
                    [('{kind="receive"}', sockets.receive_errors), ('{kind="protocol"}', sockets.protocol_errors),
                     ('{kind="send_dropped"}', sockets.send_drops)])
+        out.metric("wcsgw_media_cpu_seconds_total", "counter",
+                   "CPU time of the reactor thread reading the media sockets, and handling what was read (RTP to "
+                   "RTMP)", [('{phase="read"}', sockets.read_cpu), ('{phase="deliver"}', sockets.deliver_cpu)])
 
     for name, value in sorted(agent.counters.items()):
         out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",
