@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from wcsgw.rtp.packet import (
     HeaderExtension,
     RtpPacket,
+    fill_ring,
     is_rtcp,
     sequence_add,
     sequence_delta,
@@ -153,3 +156,20 @@ class HelperTests(SynchronousTestCase):
         """Timestamp distance is signed modulo 2**32."""
         self.assertEqual(timestamp_delta(10, 2**32 - 10), 20)
         self.assertEqual(timestamp_delta(2**32 - 10, 10), -20)
+
+
+class FillRingTests(SynchronousTestCase):
+    def test_same_as_one_by_one(self) -> None:
+        """fill_ring leaves a ring as setting ``ring[n % size] = n`` one number at a time does, wrapping or not,
+        for runs shorter and longer than the ring."""
+        rng = random.Random(5)
+        for _ in range(500):
+            size = rng.choice((1, 2, 5, 16, 512))
+            first = rng.randrange(100_000)
+            count = rng.randrange(3 * size + 2)
+            ring = [rng.randrange(-1, 5) for _ in range(size)]
+            expected = list(ring)
+            for n in range(first, first + count):
+                expected[n % size] = n
+            fill_ring(ring, first, count)
+            self.assertEqual(ring, expected, (size, first, count))

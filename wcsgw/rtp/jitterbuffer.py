@@ -20,7 +20,7 @@ import heapq
 from collections import OrderedDict
 from typing import NamedTuple
 
-from .packet import RTP_SEQ_MOD, RtpPacket, timestamp_delta
+from .packet import RTP_SEQ_MOD, RtpPacket, fill_ring, timestamp_delta
 
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
@@ -110,9 +110,7 @@ class JitterBuffer:
             return
         first = self._next
         assert first is not None
-        ring = self._released_ring
-        for extended in range(first, first + count):
-            ring[extended % _RELEASED_MEMORY] = extended
+        fill_ring(self._released_ring, first, count)
         self._next = first + count
         self._highest = first + count - 1
         self._newest_timestamp = newest_timestamp

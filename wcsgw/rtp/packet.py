@@ -181,3 +181,18 @@ class TimestampUnwrapper:
         self._extended = self.peek(timestamp)
         self._last = timestamp
         return self._extended
+
+
+def fill_ring(ring: list[int], first: int, count: int) -> None:
+    """``ring[n % len(ring)] = n`` for the ``count`` numbers from ``first`` (at most twice around the ring: in
+    slices, not one by one): the rings that remember recent sequence numbers."""
+    if count <= 0:
+        return
+    size = len(ring)
+    if count >= size:
+        first, count = first + count - size, size
+    start = first % size
+    head = min(count, size - start)
+    ring[start:start + head] = range(first, first + head)
+    if head < count:
+        ring[:count - head] = range(first + head, first + count)

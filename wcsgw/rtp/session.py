@@ -387,9 +387,12 @@ class MediaStreamSession:
                     # ends (a marker or a new timestamp), or before the run.  A request sends an RTCP report:
                     # the statistics are brought up to date first.
                     if marker or timestamp != unit_timestamp:
-                        self._took_in_order(stats, taken, octets)
-                        taken, octets = [], 0
-                        self._check_broken(arrival)
+                        if self._broken_wants_keyframe():
+                            self._took_in_order(stats, taken, octets)
+                            taken, octets = [], 0
+                            self._check_broken(arrival)
+                        else:
+                            self._broken_seen = depacketizer.dropped_broken  # type: ignore[union-attr]
                     unit_timestamp = timestamp
         except Exception:
             raised = 1
@@ -488,10 +491,15 @@ class MediaStreamSession:
         depacketizer = self._depacketizer
         if depacketizer is None:
             return
-        broken = depacketizer.dropped_broken
-        if (broken > self._broken_seen or depacketizer.keyframe_needed) and not self._kf_needed:
+        if self._broken_wants_keyframe():
             self.request_keyframe(now, "loss" if self._frames_seen else "start")
-        self._broken_seen = broken
+        self._broken_seen = depacketizer.dropped_broken
+
+    def _broken_wants_keyframe(self) -> bool:
+        """Whether ``_check_broken`` would ask for a keyframe now."""
+        depacketizer = self._depacketizer
+        return (depacketizer is not None and not self._kf_needed
+                and (depacketizer.dropped_broken > self._broken_seen or depacketizer.keyframe_needed))
 
     def _stats_for(self, ssrc: int) -> ReceiverStats:
         if ssrc == self._last_ssrc:  # already the most recently used

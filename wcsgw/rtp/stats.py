@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .packet import RTP_SEQ_MOD, RtpPacket
+from .packet import RTP_SEQ_MOD, RtpPacket, fill_ring
 from .rtcp import ReportBlock, RtcpSenderReport, ntp_middle, ntp_to_seconds
 
 MAX_DROPOUT = 3000
@@ -159,17 +159,19 @@ class ReceiverStats:
         assert previous is not None
         for arrival, timestamp in packets:  # A.8, as in on_packet
             transit = int(arrival * rate) - timestamp
-            d = (transit - previous) % _TIMESTAMP_MOD
-            if d >= _TIMESTAMP_MOD // 2:
-                d = _TIMESTAMP_MOD - d
+            d = transit - previous
+            if d < 0:
+                d = -d
+            if d >= _TIMESTAMP_MOD // 2:  # a timestamp wrap between the two: modulo 2**32, as on_packet does
+                d = (transit - previous) % _TIMESTAMP_MOD
+                if d >= _TIMESTAMP_MOD // 2:
+                    d = _TIMESTAMP_MOD - d
             jitter += (d - jitter) / 16.0
             previous = transit
         self._jitter = jitter
         self._transit = previous
         highest = self._cycles + self._max_seq
-        recent = self._recent
-        for extended in range(highest + 1, highest + count + 1):
-            recent[extended % _DUPLICATE_WINDOW] = extended
+        fill_ring(self._recent, highest + 1, count)
         highest += count
         self._max_seq = highest % RTP_SEQ_MOD
         self._cycles = highest - self._max_seq
@@ -242,3 +244,4 @@ class ReceiverStats:
 
     def _remember(self, extended: int) -> None:
         self._recent[extended % _DUPLICATE_WINDOW] = extended
+
