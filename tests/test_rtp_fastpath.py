@@ -88,6 +88,8 @@ class EquivalenceMixin:
     """Feed the same datagrams to one session packet by packet and to another in batches; compare."""
 
     assertEqual: Any
+    assertGreaterEqual: Any
+    unchanged = 0  # batches after which receive_rtp_many said no deadline moved earlier
 
     def check(self, make_session: Any, datagrams: list[tuple[bytes, tuple[str, int]]], seed: int) -> int:
         """Return how many datagrams ``receive_rtp`` saw in the batched session (the rest took the fast path)."""
@@ -116,7 +118,12 @@ class EquivalenceMixin:
             for data, addr, arrival in batch:
                 one.receive_rtp(data, addr, arrival)
             now += rng.choice((0.0, 0.002))
+            deadline = many.get_timer()
             self.assertEqual(many.receive_rtp_many(batch, now), 0)
+            if many.deadlines_unchanged:  # the protocol then keeps its timer: nothing may be due sooner
+                assert deadline is not None
+                self.assertGreaterEqual(many.get_timer(), deadline)
+                self.unchanged += 1
             for session in (one, many):  # the timer, where both would fire it
                 when = session.get_timer()
                 if when is not None and when <= now:
@@ -144,6 +151,7 @@ class H264Tests(EquivalenceMixin, SynchronousTestCase):
         packets = self.packets()
         slow = self.check(lambda: make(video_params(remote_pli=True)), [(bytes(p), PUBLIC) for p in packets], 1)
         self.assertLess(slow, 3)
+        self.assertGreater(self.unchanged, 10)
         self.assertGreater(len(packets), 100)
 
     def test_impaired_streams(self) -> None:

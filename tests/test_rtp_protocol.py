@@ -254,3 +254,53 @@ class LazyTimerTests(SynchronousTestCase):
         self.assertEqual(rearmed.getTime(), 1003.0)
         reactor.advance(1.0)
         self.assertEqual([type(e).__name__ for e in events], ["AudioFrame", "RtpInactivity"])
+
+    def test_in_order_batches_leave_the_timer_alone(self) -> None:
+        """Batches that only continue the stream move no deadline earlier: the timer is not looked at again (no
+        get_timer call); a batch with a reordered packet, which the jitter buffer holds, re-arms it for the
+        buffer's deadline."""
+        reactor = FakeUdpReactor()
+        config = SessionConfig(rtp_in_buffer=True, jitter_buffer_ms=50.0, keepalive=False, rtcp_min_interval=60.0)
+        session = MediaStreamSession(params(), config, reactor.seconds(), rng=random.Random(3))
+        media = MediaStreamProtocol(reactor, session, lambda event: None)
+        media.listen(20000, 20001, interface="127.0.0.1")
+        looked = []
+        original = session.get_timer
+        session.get_timer = lambda: looked.append(1) or original()  # type: ignore[method-assign]
+        # the first packets latch the source and wait in the buffer until its depth has passed: the slow path
+        media.rtp_protocol.datagrams_arrived([(rtp(1), REMOTE, 0.0), (rtp(2), REMOTE, 0.0)])
+        reactor.advance(0.05)
+        self.assertEqual(session.counters.frames, 2)
+        looked.clear()
+        for seq in range(3, 30, 3):
+            media.rtp_protocol.datagrams_arrived([(rtp(n), REMOTE, reactor.seconds())
+                                                  for n in (seq, seq + 1, seq + 2)])
+        self.assertEqual(session.counters.frames, 29)
+        self.assertEqual(looked, [])
+        media.rtp_protocol.datagrams_arrived([(rtp(31), REMOTE, reactor.seconds())])  # 30 is missing: 31 waits
+        self.assertEqual(len(looked), 1)
+        (rearmed,) = reactor.getDelayedCalls()
+        self.assertAlmostEqual(rearmed.getTime(), reactor.seconds() + 0.05)
+
+    def test_inactivity_reported_again_after_media_resumes(self) -> None:
+        """After an inactivity report the timer waits only for RTCP; media that resumes (in order, the fast path)
+        makes the inactivity deadline count again, so a second silence is reported on time too."""
+        reactor = FakeUdpReactor()
+        events: list[object] = []
+        config = SessionConfig(rtp_in_buffer=False, keepalive=False, rtp_activity_timeout=2.0, rtcp_min_interval=60.0)
+        session = MediaStreamSession(params(), config, reactor.seconds(), rng=random.Random(3))
+        media = MediaStreamProtocol(reactor, session, events.append)
+        media.listen(20000, 20001, interface="127.0.0.1")
+        seq = 1
+        for _ in range(2):
+            for _ in range(5):
+                media.rtp_protocol.datagrams_arrived([(rtp(seq), REMOTE, reactor.seconds()),
+                                                      (rtp(seq + 1), REMOTE, reactor.seconds())])
+                seq += 2
+                reactor.advance(0.04)
+            silent_from = reactor.seconds() - 0.04
+            while not any(type(e).__name__ == "RtpInactivity" for e in events):
+                reactor.advance(0.1)
+                self.assertLess(reactor.seconds(), silent_from + 5.0, "inactivity not reported in time")
+            self.assertLessEqual(abs(reactor.seconds() - (silent_from + 2.0)), 0.11)
+            events.clear()

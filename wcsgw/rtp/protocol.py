@@ -183,6 +183,14 @@ class MediaStreamProtocol:
             except Exception:  # receive_rtp_many logs what fails in it; this is a last guard
                 self.errors += 1
                 log.failure("media RTP datagrams failed")
+                session.deadlines_unchanged = False
+            if session.deadlines_unchanged and self._timer is not None:
+                try:  # the armed timer still fires in time: only the output to hand over
+                    self._flush()
+                except Exception:
+                    self.errors += 1
+                    log.failure("media {channel} service failed", channel=channel)
+                return
         else:
             for data, addr, arrival in datagrams:
                 try:

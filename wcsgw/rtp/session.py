@@ -139,6 +139,8 @@ class MediaStreamSession:
         self._last_rtp = now
         self._inactivity_reported = False
         self._next_keepalive = now
+        # set by receive_rtp_many: True when that batch moved no deadline of get_timer() earlier
+        self.deadlines_unchanged = False
         self._apply_params(params, now, first=True)
 
     # --- configuration ----------------------------------------------------------------------------------------
@@ -308,10 +310,13 @@ class MediaStreamSession:
         fraction of its cost.  Anything else goes through ``receive_rtp``."""
         failed = 0
         index, count = 0, len(datagrams)
+        quiet = not self._inactivity_reported
+        keyframe_needed = self._kf_needed
         while index < count:
             index, raised = self._receive_in_order(datagrams, index, now)
             failed += raised
             if index < count:
+                quiet = False
                 data, addr, arrival = datagrams[index]
                 index += 1
                 try:
@@ -319,6 +324,9 @@ class MediaStreamSession:
                 except Exception:
                     failed += 1
                     log.failure("media RTP datagram from {addr} failed", addr=addr)
+        # Only the fast path ran and it asked for no keyframe: no deadline of get_timer() moved earlier (the
+        # inactivity deadline moved later, which a timer armed before may fire early for, and find nothing).
+        self.deadlines_unchanged = quiet and (keyframe_needed or not self._kf_needed)
         return failed
 
     def _receive_in_order(self, datagrams: list[tuple[bytes, Address, float | None]], index: int,
