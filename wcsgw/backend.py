@@ -25,11 +25,14 @@ from wcsgw.config import Settings
 from wcsgw.media.worker import WorkerPool
 from wcsgw.metrics import LATENCY_BUCKETS, SETUP_BUCKETS, Histogram, MediaTotals, media_totals
 from wcsgw.model import CallStatus, EndInfo, RtmpStreamStatus
-from wcsgw.rtp.params import (ByeReceived, DtmfReceived, KeyframeNeeded, MediaParams, RtpInactivity, SessionConfig)
+from wcsgw.rtp.h264 import AccessUnit
+from wcsgw.rtp.params import (AudioFrame, ByeReceived, DtmfReceived, KeyframeNeeded, MediaParams, RtpInactivity,
+                              SessionConfig)
 from wcsgw.rtp.ports import PortAllocator, PortsExhausted
 from wcsgw.rtp.protocol import MediaStreamProtocol
 from wcsgw.rtp.session import MediaStreamSession
 from wcsgw.rtp.udp import MediaSockets
+from wcsgw.rtp.vp8 import Vp8Frame
 from wcsgw.rtp.srtp import SUPPORTED_SUITES, CryptoAttribute, generate_crypto
 from wcsgw.sip.protocol import CallHandle, CallStateError, OutgoingCall, SipUserAgent
 from wcsgw.sip.sdp import (DEFAULT_AUDIO_CODECS, DEFAULT_VIDEO_CODECS, Crypto, Direction, MediaKind, MediaOffer,
@@ -39,6 +42,7 @@ from wcsgw.stream import CallStream, StreamOptions
 log = Logger()
 
 KINDS = ("audio", "video")
+_FRAMES = frozenset({AudioFrame, AccessUnit, Vp8Frame})  # media events, passed to the stream as they are
 #: WCS's codec names (setting ``codecs``) as names ``select_codecs`` knows.
 _CODEC_NAMES = {"alaw": "pcma", "ulaw": "pcmu", "opus": "opus", "speex16": "speex/16000", "speex": "speex/8000",
                 "telephone-event": "telephone-event", "h264": "h264", "vp8": "vp8"}
@@ -420,6 +424,12 @@ class CallMedia:
 
     def _event(self, kind: str, event: Any) -> None:
         if self._ended:
+            return
+        if type(event) in _FRAMES:  # nearly every event: media for the stream
+            if self._inactive:
+                self._inactive.discard(kind)
+            if self.stream is not None:
+                self.stream.media_event(kind, event, self.backend.reactor.seconds())
             return
         if isinstance(event, RtpInactivity):
             self._inactive.add(kind)

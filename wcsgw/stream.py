@@ -265,9 +265,10 @@ class CallStream:
         if self._stopped:
             return
         try:
-            if isinstance(event, AudioFrame):
+            kind_of_event = type(event)
+            if kind_of_event is AudioFrame:
                 self._audio_in(event, now)
-            elif isinstance(event, AccessUnit):
+            elif kind_of_event is AccessUnit:
                 self._h264_in(event, now)
             elif isinstance(event, Vp8Frame):
                 self._vp8_in(event, now)
@@ -378,8 +379,19 @@ class CallStream:
     def _video_access_unit(self, timestamp: int, nal_units: Sequence[bytes], keyframe: bool,
                            arrival: float = 0.0) -> None:
         """H.264 NAL units to FLV: parameter sets go into the sequence header (re-sent when they change)."""
-        sps = next((n for n in nal_units if n and n[0] & 0x1F == NAL_TYPE_SPS), None)
-        pps = next((n for n in nal_units if n and n[0] & 0x1F == NAL_TYPE_PPS), None)
+        sps = pps = None  # the first of each
+        body = []
+        for nal in nal_units:  # one pass: this runs for every frame
+            if not nal:
+                continue
+            nal_kind = nal[0] & 0x1F
+            if nal_kind not in _OUT_OF_BAND:
+                body.append(nal)
+            elif nal_kind == NAL_TYPE_SPS:
+                if sps is None:
+                    sps = nal
+            elif nal_kind == NAL_TYPE_PPS and pps is None:
+                pps = nal
         if sps is not None and pps is not None and (sps, pps) != self._parameter_sets:
             self._parameter_sets = (sps, pps)
             self._video_header = flv.avc_sequence_header_tag(timestamp, [sps], [pps])
@@ -388,7 +400,6 @@ class CallStream:
             self.stats.video_dropped += 1  # nothing can decode video before the first SPS/PPS
             self.request_keyframe()
             return
-        body = [n for n in nal_units if n and n[0] & 0x1F not in _OUT_OF_BAND]
         if not body:
             return
         self._emit(flv.avc_video_tag(timestamp, body, keyframe), arrival)

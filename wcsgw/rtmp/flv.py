@@ -58,9 +58,10 @@ _MAX_DATA_SIZE: Final = 0xFFFFFF
 _MAX_TIMESTAMP: Final = 0xFFFFFFFF
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class FlvTag:
-    """One FLV tag: type, timestamp (ms, 32 bits) and body."""
+    """One FLV tag: type, timestamp (ms, 32 bits) and body.  Treat it as immutable: it is shared by every
+    destination of a stream.  (Not a frozen dataclass: one is made per frame, and frozen ones are slow to make.)"""
 
     AUDIO: ClassVar[TagType] = TagType.AUDIO
     VIDEO: ClassVar[TagType] = TagType.VIDEO
@@ -165,7 +166,8 @@ def avc_video_tag(
     for unit in nal_units:
         if not unit:
             raise ValueError("empty NAL unit")
-        out += struct.pack(">I", len(unit)) + unit
+        out += len(unit).to_bytes(4, "big")
+        out += unit
         count += 1
     if count == 0:
         raise ValueError("AVC video tag needs at least one NAL unit")
