@@ -90,6 +90,7 @@ class EquivalenceMixin:
     assertEqual: Any
     assertGreaterEqual: Any
     unchanged = 0  # batches after which receive_rtp_many said no deadline moved earlier
+    continued = 0  # batches that began with the fast path's run still open
 
     def check(self, make_session: Any, datagrams: list[tuple[bytes, tuple[str, int]]], seed: int) -> int:
         """Return how many datagrams ``receive_rtp`` saw in the batched session (the rest took the fast path)."""
@@ -119,6 +120,8 @@ class EquivalenceMixin:
                 one.receive_rtp(data, addr, arrival)
             now += rng.choice((0.0, 0.002))
             deadline = many.get_timer()
+            if many._run:  # the batch continues a run of the fast path that nothing synced
+                self.continued += 1
             self.assertEqual(many.receive_rtp_many(batch, now), 0)
             if many.deadlines_unchanged:  # the protocol then keeps its timer: nothing may be due sooner
                 assert deadline is not None
@@ -130,7 +133,9 @@ class EquivalenceMixin:
                     session.handle_timer(now)
             self.assertEqual([_event(e) for e in many.events()], [_event(e) for e in one.events()])
             self.assertEqual(many.datagrams_to_send(), one.datagrams_to_send())
-            self.assertEqual(_state(many), _state(one))
+            if rng.random() < 0.2:  # reading the statistics brings them up to date: not after every batch
+                self.assertEqual(_state(many), _state(one))
+        self.assertEqual(_state(many), _state(one))
         return slow_calls
 
 
@@ -152,6 +157,7 @@ class H264Tests(EquivalenceMixin, SynchronousTestCase):
         slow = self.check(lambda: make(video_params(remote_pli=True)), [(bytes(p), PUBLIC) for p in packets], 1)
         self.assertLess(slow, 3)
         self.assertGreater(self.unchanged, 10)
+        self.assertGreater(self.continued, 10)
         self.assertGreater(len(packets), 100)
 
     def test_impaired_streams(self) -> None:
@@ -162,6 +168,7 @@ class H264Tests(EquivalenceMixin, SynchronousTestCase):
             slow = self.check(lambda: make(video_params(remote_pli=True, telephone_event_pt=101),
                                            rtp_in_buffer=buffered, jitter_buffer_ms=30.0), datagrams, seed)
             self.assertLess(slow, len(datagrams) // 2, f"seed {seed}: the fast path was hardly taken")
+        self.assertGreater(self.continued, 100)
 
 
 class Vp8Tests(EquivalenceMixin, SynchronousTestCase):

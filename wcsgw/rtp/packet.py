@@ -186,7 +186,10 @@ class TimestampUnwrapper:
 def fill_ring(ring: list[int], first: int, count: int) -> None:
     """``ring[n % len(ring)] = n`` for the ``count`` numbers from ``first`` (at most twice around the ring: in
     slices, not one by one): the rings that remember recent sequence numbers."""
-    if count <= 0:
+    if count <= 8:  # the usual run: a few packets, cheaper one by one than in slices
+        size = len(ring)
+        for number in range(first, first + count):
+            ring[number % size] = number
         return
     size = len(ring)
     if count >= size:

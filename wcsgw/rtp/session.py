@@ -89,6 +89,7 @@ log = Logger()
 COMFORT_NOISE_PT = 13
 _RTP_HEADER = struct.Struct("!BBHII")  # the fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC
 _MAX_STATS = 8
+_MAX_RUN = 1000  # fast-path packets kept before the statistics are brought up to date anyway
 
 
 class MediaStreamSession:
@@ -141,6 +142,10 @@ class MediaStreamSession:
         self._next_keepalive = now
         # set by receive_rtp_many: True when that batch moved no deadline of get_timer() earlier
         self.deadlines_unchanged = False
+        # the fast path's packets not yet in the statistics and the jitter buffer (see _receive_in_order)
+        self._run: list[tuple[float, int]] = []
+        self._run_next = 0  # the sequence number that continues the run
+        self._run_octets = 0
         self._apply_params(params, now, first=True)
 
     # --- configuration ----------------------------------------------------------------------------------------
@@ -201,6 +206,7 @@ class MediaStreamSession:
     def update_params(self, params: MediaParams, now: float) -> None:
         """New negotiated parameters (re-INVITE): addresses re-latch, keys and codec reset what depends on them."""
         params.validate()
+        self._sync()
         self._apply_params(params, now)
 
     def set_hold(self, on_hold: bool, now: float) -> None:
@@ -213,10 +219,12 @@ class MediaStreamSession:
     @property
     def stats(self) -> dict[int, ReceiverStats]:
         """Receive statistics per SSRC."""
+        self._sync()
         return dict(self._stats)
 
     @property
     def jitter_buffer(self) -> JitterBuffer:
+        self._sync()
         return self._buffer
 
     @property
@@ -276,6 +284,7 @@ class MediaStreamSession:
     def handle_timer(self, now: float) -> None:
         if self.closed:
             return
+        self._sync()
         self._dispatch(self._buffer.poll(now), now)
         self._pump_dtmf(now)
         if self._keepalive_active() and now >= self._next_keepalive:
@@ -295,6 +304,7 @@ class MediaStreamSession:
         """Say BYE and stop: timers end, later datagrams are ignored."""
         if self.closed:
             return
+        self._sync()
         self._send_report(now, [RtcpBye([self.ssrc])])
         self.closed = True
 
@@ -334,33 +344,39 @@ class MediaStreamSession:
         """Take datagrams from ``index`` on while each is the next packet of the stream in force (see
         ``receive_rtp_many``); return the index of the first one not taken, and 1 if one raised (it is taken).
 
-        Per packet only the header is checked and the payload passed on; the statistics and the jitter buffer
-        are brought up to date once for the run (``on_packets_in_order``, ``took_in_order``)."""
+        Per packet only the header is checked and the payload passed on.  The packets taken are kept as
+        ``(arrival, timestamp)`` in ``_run`` and the statistics and the jitter buffer brought up to date with them
+        only when something else needs them (``_sync``): every other way into the session syncs first, so the run
+        only ever grows by packets that follow one another, and a batch that continues the run checks nothing
+        but the packets themselves."""
+        run = self._run
         latched = self._rtp_latch.latched
-        params = self.params
-        media_type = params.payload_type
-        buffer = self._buffer
-        ssrc = buffer.ssrc
-        stats = self._last_stats
-        if (latched is None or self.closed or self._srtp is not None or not self._receives or stats is None
-                or ssrc is None or ssrc != self._last_ssrc or 64 <= media_type <= 95  # 64-95: RTCP-mux range
-                or (not self._video_started and params.kind == VIDEO)):
-            return index, 0
-        first_extended = buffer.next_in_order()
-        if first_extended is None:
-            return index, 0
-        expected = first_extended % RTP_SEQ_MOD
-        if stats.next_in_order() != expected:
-            return index, 0
+        media_type = self.params.payload_type
+        ssrc = self._buffer.ssrc
+        if run:
+            expected = self._run_next  # nothing but this path ran since the run began
+        else:
+            stats = self._last_stats
+            if (latched is None or self.closed or self._srtp is not None or not self._receives or stats is None
+                    or ssrc is None or ssrc != self._last_ssrc or 64 <= media_type <= 95  # 64-95: RTCP-mux range
+                    or (not self._video_started and self.params.kind == VIDEO)):
+                return index, 0
+            first_extended = self._buffer.next_in_order()
+            if first_extended is None:
+                return index, 0
+            expected = first_extended % RTP_SEQ_MOD
+            if stats.next_in_order() != expected:
+                return index, 0
         depacketizer = self._depacketizer
         push = depacketizer.push_payload if depacketizer is not None else None
         events = self._events
         unwrap = self._unwrapper.unwrap
         unpack = _RTP_HEADER.unpack_from
-        taken: list[tuple[float, int]] = []
+        append = run.append
         octets = 0
         timestamp = 0
-        unit_timestamp = -1  # the first packet of the run is looked after too
+        arrival = 0.0
+        unit_timestamp = -1  # the first packet of the batch is looked after too
         position, end = index, len(datagrams)
         raised = 0
         counters = self.counters
@@ -376,7 +392,7 @@ class MediaStreamSession:
                 expected = (sequence + 1) % RTP_SEQ_MOD
                 if arrival is None:
                     arrival = now
-                taken.append((arrival, timestamp))
+                append((arrival, timestamp))
                 payload = data[12:]
                 octets += len(payload)
                 if push is None:
@@ -392,34 +408,44 @@ class MediaStreamSession:
                     if frames:
                         self._emit_frames(frames, arrival)
                     # receive_rtp asks for a keyframe when loss broke a unit; that can change only when a unit
-                    # ends (a marker or a new timestamp), or before the run.  A request sends an RTCP report:
-                    # the statistics are brought up to date first.
+                    # ends (a marker or a new timestamp), or before the run.  (A request sends an RTCP report,
+                    # which syncs the statistics first.)
                     if marker or timestamp != unit_timestamp:
                         if self._broken_wants_keyframe():
-                            self._took_in_order(stats, taken, octets)
-                            taken, octets = [], 0
+                            self._run_octets += octets
+                            octets = 0
                             self._check_broken(arrival)
+                            run = self._run  # the report synced: a new run
+                            append = run.append
                         else:
                             self._broken_seen = depacketizer.dropped_broken  # type: ignore[union-attr]
                     unit_timestamp = timestamp
         except Exception:
             raised = 1
             log.failure("media RTP datagram from {addr} failed", addr=datagrams[position - 1][1])
-        self._took_in_order(stats, taken, octets)
+        if position > index:
+            taken = position - index
+            self._run_next = expected
+            self._run_octets += octets
+            counters.rtp_datagrams += taken
+            counters.rtp_accepted += taken
+            last_arrival = datagrams[position - 1][2]
+            self._last_rtp = now if last_arrival is None else last_arrival
+            self._inactivity_reported = False
+            if len(run) >= _MAX_RUN:
+                self._sync()
         return position, raised
 
-    def _took_in_order(self, stats: ReceiverStats, taken: list[tuple[float, int]], octets: int) -> None:
-        """Account packets ``_receive_in_order`` took, as ``(arrival, timestamp)`` with ``octets`` of payload."""
-        if not taken:
-            return
-        count = len(taken)
-        stats.on_packets_in_order(taken, octets)
-        self._buffer.took_in_order(count, taken[-1][1])
-        counters = self.counters
-        counters.rtp_datagrams += count
-        counters.rtp_accepted += count
-        self._last_rtp = taken[-1][0]
-        self._inactivity_reported = False
+    def _sync(self) -> None:
+        """Bring the statistics and the jitter buffer up to date with the packets of the fast path's run."""
+        run = self._run
+        if run:
+            self._run = []
+            stats = self._last_stats
+            assert stats is not None
+            stats.on_packets_in_order(run, self._run_octets)
+            self._buffer.took_in_order(len(run), run[-1][1])
+            self._run_octets = 0
 
     def receive_rtp(self, data: bytes, addr: Address, now: float) -> None:
         """A datagram from the RTP socket (RTCP too with rtcp-mux); ``addr`` is a ``(host, port)`` tuple.
@@ -428,6 +454,7 @@ class MediaStreamSession:
         source, no SRTP, the next packet in order) takes no detour."""
         if self.closed:
             return
+        self._sync()
         if len(data) >= 2 and RTCP_MUX_FIRST_SECOND_BYTE <= data[1] <= RTCP_MUX_LAST_SECOND_BYTE:
             self.receive_rtcp(data, addr, now)
             return
@@ -590,6 +617,7 @@ class MediaStreamSession:
         """A datagram from the RTCP socket."""
         if self.closed:
             return
+        self._sync()
         counters = self.counters
         counters.rtcp_datagrams += 1
         addr = (addr[0], addr[1])
@@ -699,6 +727,7 @@ class MediaStreamSession:
 
     def _send_report(self, now: float, extra: list[RtcpPacket]) -> bool:
         """Send SR or RR + SDES (+ ``extra``); False if there is nowhere to send it."""
+        self._sync()
         destination = self._rtcp_destination()
         blocks: list[ReportBlock] = []
         for stats in self._stats.values():

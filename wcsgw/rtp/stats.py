@@ -15,6 +15,7 @@ MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 _DUPLICATE_WINDOW = 1024
 _TIMESTAMP_MOD = 1 << 32
+_HALF_TIMESTAMP_MOD = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class ReceiverStats:
             d = transit - previous
             if d < 0:
                 d = -d
-            if d >= _TIMESTAMP_MOD // 2:  # a timestamp wrap between the two: modulo 2**32, as on_packet does
+            if d >= _HALF_TIMESTAMP_MOD:  # a timestamp wrap between the two: modulo 2**32, as on_packet does
                 d = (transit - previous) % _TIMESTAMP_MOD
                 if d >= _TIMESTAMP_MOD // 2:
                     d = _TIMESTAMP_MOD - d
