@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -61,6 +62,8 @@ class DirectWriteTests(TestCase):
         url = parse("rtmp://127.0.0.1/live")
         protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        sock = protocol.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)  # no Nagle: tags go at once
         handshake = 1 + 1536  # C0 + C1, written at connection
         big = bytes(range(256)) * (16 * 4096)
         protocol._write(big)

@@ -67,6 +67,14 @@ class RtmpClientProtocol(Protocol):
     def connectionMade(self) -> None:
         self.session = self._session_factory()
         assert self.transport is not None
+        # Every write is a whole tag, written when it is due: Nagle's algorithm would only hold tags back
+        # behind the server's delayed ACKs (up to 40 ms here).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
         self.transport.registerProducer(self, True)
         self._producing = True
         self._guarded(self._made)
