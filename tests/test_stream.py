@@ -230,3 +230,28 @@ class AacTranscodeTests(TestCase):
         self.assertEqual(worker.counters.submitted, 20)  # 9600 samples in jobs of 480
         yield wait_for(lambda: worker.counters.processed == 20, what="the audio worker")
         yield stream.stop()
+
+    @inlineCallbacks
+    def test_the_clock_times_each_job_not_each_payload(self) -> Any:
+        """A job's FLV time is its first payload's: the clock is asked once per job, and the job gets the time
+        the clock gives for that payload."""
+        stream = CallStream(reactor, "s6", StreamOptions(), audio=AUDIO_PCMU, video=None,
+                            request_keyframe=lambda: None, publisher_factory=FakePublisher)
+        asked: list[int] = []
+        timestamp_ms = stream.clock.timestamp_ms
+
+        def counting(track: str, rtp_timestamp: int, now: float) -> int:
+            asked.append(rtp_timestamp)
+            return timestamp_ms(track, rtp_timestamp, now)
+
+        stream.clock.timestamp_ms = counting  # type: ignore[method-assign]
+        jobs: list[float] = []
+        submit = stream._audio_worker.submit  # type: ignore[union-attr]
+        stream._audio_worker.submit = lambda item: jobs.append(item.timestamp_ms) or submit(item)  # type: ignore
+        now = reactor.seconds()
+        for n in range(30):  # 0.6 s: ten jobs of three payloads
+            stream.media_event("audio", AudioFrame(n * 160, b"\x55" * 160, 0, now + n * 0.02), now + n * 0.02)
+        self.assertEqual(asked, [n * 160 for n in range(0, 30, 3)])
+        self.assertEqual(len(jobs), 10)
+        self.assertEqual([b - a for a, b in zip(jobs, jobs[1:])], [60] * 9)
+        yield stream.stop()

@@ -285,6 +285,10 @@ class CallStream:
         if params is None or frame.payload_type != params.payload_type:
             return
         self.stats.audio_frames_in += 1
+        if self._audio_frame_in and self._audio_batch and frame.timestamp == self._audio_batch_end:
+            # the next payload of the batch being gathered: only the batch's first payload needs its FLV time
+            self._batch_audio(frame, 0)
+            return
         timestamp = self.clock.timestamp_ms(AUDIO, frame.timestamp, now)
         if self._audio_passthrough:
             codec = params.codec.upper()
@@ -301,7 +305,8 @@ class CallStream:
             self._submit_audio(frame.payload, timestamp, frame.arrival)
 
     def _batch_audio(self, frame: AudioFrame, timestamp: int) -> None:
-        """Gather G.711 payloads until the worker can complete an AAC frame with them."""
+        """Gather G.711 payloads until the worker can complete an AAC frame with them; ``timestamp`` (FLV ms)
+        matters for the first payload of a batch only."""
         batch = self._audio_batch
         if batch and frame.timestamp != self._audio_batch_end:
             # not contiguous (loss, a jump): what is gathered goes now, and the worker's fill level is unknown
@@ -406,10 +411,12 @@ class CallStream:
 
     def _emit(self, tag: FlvTag, arrival: float = 0.0) -> None:
         self.stats.tags_out += 1
-        publishers = list(self._destinations.values())
-        for publisher in publishers:
+        active = False
+        for publisher in list(self._destinations.values()):  # a copy: a write may end a destination
             publisher.write(tag)
-        if tag.is_sequence_header or not any(getattr(p, "active", False) for p in publishers):
+            if not active and getattr(publisher, "active", False):
+                active = True
+        if tag.is_sequence_header or not active:
             return
         now = self._reactor.seconds()
         if arrival and self._latency is not None:
