@@ -11,6 +11,7 @@ close and the ports go back to the allocator (after its quarantine).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import random
 import socket
@@ -309,7 +310,7 @@ class CallMedia:
         backend = self.backend
         try:
             for kind in KINDS:
-                protocol = MediaStreamProtocol(backend.reactor, None, lambda event, kind=kind: self._event(kind, event),
+                protocol = MediaStreamProtocol(backend.reactor, None, functools.partial(self._event, kind),
                                                sockets=backend.media_sockets)
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
