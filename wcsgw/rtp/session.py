@@ -374,8 +374,6 @@ class MediaStreamSession:
         unpack = _RTP_HEADER.unpack_from
         append = run.append
         octets = 0
-        timestamp = 0
-        arrival = 0.0
         unit_timestamp = -1  # the first packet of the batch is looked after too
         position, end = index, len(datagrams)
         raised = 0
