@@ -89,7 +89,8 @@ class WorkerPool:
         """``batch_interval`` (seconds, 0: none): work waits up to this long on the reactor, then goes to each
         thread in one batch, and each batch's results come back to the reactor together.  A thread then wakes once
         per batch instead of once per item, and the reactor once per batch instead of once per result: on this
-        machine a thread's wake-up costs 50-300 us of CPU (cold caches), as much as the AAC encoding of a frame."""
+        machine a wake-up costs 45-85 us of CPU alone, and the job after it runs on cold caches (an AAC frame of
+        PCMU: 0.53 ms, against 0.23 ms in a tight loop)."""
         if threads < 1:
             raise ValueError(f"a worker pool needs at least one thread, not {threads}")
         if batch_interval < 0:
