@@ -165,7 +165,7 @@ class ReceiverStats:
                 d = -d
             if d >= _HALF_TIMESTAMP_MOD:  # a timestamp wrap between the two: modulo 2**32, as on_packet does
                 d = (transit - previous) % _TIMESTAMP_MOD
-                if d >= _TIMESTAMP_MOD // 2:
+                if d >= _HALF_TIMESTAMP_MOD:
                     d = _TIMESTAMP_MOD - d
             jitter += (d - jitter) / 16.0
             previous = transit
