@@ -7,12 +7,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.gateway import wait_for
-from wcsgw.rtmp.protocol import RtmpClientProtocol
+from wcsgw.rtmp.protocol import RtmpClientProtocol, _turn_end
 from wcsgw.rtmp.session import RtmpClientSession
 from wcsgw.rtmp.url import parse
 
@@ -67,6 +68,10 @@ class DirectWriteTests(TestCase):
         handshake = 1 + 1536  # C0 + C1, written at connection
         big = bytes(range(256)) * (16 * 4096)
         protocol._write(big)
+        self.assertIs(protocol._queued[-1], big, "a write waits for the end of the reactor turn")
+        self.assertFalse(protocol.transport.dataBuffer or protocol.transport._tempDataBuffer)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(protocol._queued, [])
         self.assertTrue(protocol.transport.dataBuffer or protocol.transport._tempDataBuffer,
                         "16 MiB should not fit the socket at once")
         for n in range(100):
@@ -77,4 +82,54 @@ class DirectWriteTests(TestCase):
         self.assertEqual(bytes(received[handshake:handshake + len(big)]), big)
         self.assertEqual(bytes(received[handshake + len(big):]), b"".join(b"%05d" % n for n in range(100)))
         protocol.transport.loseConnection()
+        yield listener.lost
+
+    @inlineCallbacks
+    def test_the_writes_of_a_turn_go_in_one_send(self) -> Any:
+        """Writes made in one reactor turn are joined into one send at its end, after the earlier ones and in
+        order; writes of a later turn go in a later send."""
+        received = bytearray()
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Collector(received)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        listener = Listener()
+        url = parse("rtmp://127.0.0.1/live")
+        protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        handshake = 1 + 1536
+        yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
+        turns = _turn_end(reactor)
+        sends = turns.sends
+        protocol._write(b"one,")
+        protocol._write(b"two,")
+        protocol._write(b"three,")
+        self.assertEqual(len(received), handshake)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(turns.sends, sends + 1)
+        protocol._write(b"four")
+        yield wait_for(lambda: len(received) >= handshake + 18, what="every byte at the peer", timeout=30)
+        self.assertEqual(turns.sends, sends + 2)
+        self.assertEqual(bytes(received[handshake:]), b"one,two,three,four")
+        protocol.transport.loseConnection()
+        yield listener.lost
+
+    @inlineCallbacks
+    def test_close_sends_what_is_queued_first(self) -> Any:
+        """``close`` in the turn of a write: the peer still gets the write, then the unpublish, then the end."""
+        received = bytearray()
+        ended: Deferred[None] = Deferred()
+
+        class Ending(Collector):
+            def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+                ended.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Ending(received)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        listener = Listener()
+        url = parse("rtmp://127.0.0.1/live")
+        protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        protocol._write(b"last words")
+        protocol.close()
+        yield ended
+        self.assertEqual(bytes(received[1 + 1536:]), b"last words")
         yield listener.lost

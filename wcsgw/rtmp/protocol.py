@@ -56,6 +56,7 @@ class RtmpClientProtocol(Protocol):
         self._producing = False
         self.bytes_written = 0
         self.received_errors = 0
+        self._queued: list[bytes] = []  # direct writes of this reactor turn, sent at its end (see _write)
 
     @property
     def buffered_bytes(self) -> int:
@@ -94,6 +95,7 @@ class RtmpClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         text = reason.getErrorMessage() if reason is not None else "connection lost"
+        self._queued = []
         if self.session is not None:
             self.session.connection_lost(text)
             self._guarded(self._deliver_events)
@@ -124,16 +126,43 @@ class RtmpClientProtocol(Protocol):
             self._write(data)
 
     def _write(self, data: bytes) -> None:
-        """``transport.write``, but on a plain TCP connection with nothing buffered, ``send`` at once.
+        """Write ``data`` after what was written before, at the end of this reactor turn.
+
+        On a plain TCP connection the writes of a turn are joined and sent with one ``send`` when the turn's
+        work is done (``_send_queued``), so the system calls of a turn come together after its Python work
+        rather than between it: the kernel's loopback TCP path (nginx's receive included) otherwise runs in the
+        middle of the next packet's Python code and evicts its caches.  Other transports (TLS) get the data at
+        once with ``transport.write``."""
+        queued = self._queued
+        if queued:
+            queued.append(data)
+            return
+        transport: Any = self.transport
+        if not isinstance(transport, tcp.Connection):
+            transport.write(data)
+            return
+        queued.append(data)
+        _turn_end(transport.reactor).add(self)
+
+    def _send_queued(self) -> None:
+        """Send what ``_write`` queued: with one ``send`` when the transport holds nothing back, else through
+        ``transport.write``.
 
         Twisted's write only buffers: the reactor's next turn registers the socket for writing (an epoll_ctl),
         sends, and unregisters it (another).  For a 7.5 KB video tag to a loopback sink that was 55 us of CPU
         against 27 us for a direct ``send``, measured here.  What the socket does not take goes to the transport
         as before, which then keeps the order and the back-pressure (``pauseProducing``)."""
+        queued = self._queued
+        if not queued:
+            return
+        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        self._queued = []
         transport: Any = self.transport
+        if transport is None:
+            return
         sock = getattr(transport, "socket", None)
-        if (sock is None or not isinstance(transport, tcp.Connection) or transport.dataBuffer
-                or transport._tempDataBuffer or transport.disconnecting or not transport.connected):
+        if (sock is None or transport.dataBuffer or transport._tempDataBuffer or transport.disconnecting
+                or not transport.connected):
             transport.write(data)
             return
         try:
@@ -159,6 +188,7 @@ class RtmpClientProtocol(Protocol):
         self._lose_connection()
 
     def abort(self) -> None:
+        self._queued = []
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -177,6 +207,7 @@ class RtmpClientProtocol(Protocol):
     def _lose_connection(self) -> None:
         """Close after the pending writes. TLS transports wait for producers to be unregistered."""
         if self.transport is not None:
+            self._send_queued()
             if self._producing:
                 self._producing = False
                 self.transport.unregisterProducer()
@@ -189,6 +220,46 @@ class RtmpClientProtocol(Protocol):
             _log.failure("unexpected error in the RTMP client; closing the connection")
             if self.transport is not None:
                 self.transport.abortConnection()
+
+
+class _TurnEnd:
+    """The protocols with queued writes, sent together by one ``callLater(0)``: after the work of the reactor
+    turn that queued them (a media drain, a batch of transcoded audio), before the reactor waits again."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._protocols: list[RtmpClientProtocol] = []
+        self._call: Any = None
+        self.sends = 0  # turns that sent
+
+    def add(self, protocol: RtmpClientProtocol) -> None:
+        self._protocols.append(protocol)
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self.send)
+
+    def send(self) -> None:
+        self._call = None
+        self.sends += 1
+        protocols, self._protocols = self._protocols, []
+        for protocol in protocols:
+            try:
+                protocol._send_queued()
+            except Exception:
+                _log.failure("RTMP write failed; closing the connection")
+                if protocol.transport is not None:
+                    protocol.transport.abortConnection()
+
+
+_TURN_ENDS: dict[int, _TurnEnd] = {}
+
+
+def _turn_end(reactor: Any) -> _TurnEnd:
+    """The ``_TurnEnd`` of ``reactor`` (one per reactor; tests may run more than one)."""
+    key = id(reactor)
+    found = _TURN_ENDS.get(key)
+    if found is None or found._reactor is not reactor:
+        found = _TURN_ENDS[key] = _TurnEnd(reactor)
+    return found
 
 
 class RtmpClientFactory(ClientFactory):
