@@ -241,7 +241,9 @@ def table(data: dict[str, Any]) -> str:
         lines += ["", "Ratios " + ratio_sentence(r)]
     threads = [f"N={t['calls']}: " + ", ".join(f"{name} {sec:.2f}" for name, sec in t["cpu_threads_s"].items())
                + (f" (of the main thread: media read {t['media_read_cpu_s']:.2f}, media deliver "
-                  f"{t['media_deliver_cpu_s']:.2f})" if t.get("media_read_cpu_s") is not None
+                  f"{t['media_deliver_cpu_s']:.2f}"
+                  + (f", RTMP send {t['media_send_cpu_s']:.2f}" if t.get("media_send_cpu_s") is not None else "")
+                  + ")" if t.get("media_read_cpu_s") is not None
                   and t.get("media_deliver_cpu_s") is not None else "")
                for t in data["trials"] if t["system"] == "gateway" and t.get("cpu_threads_s")]
     if threads:

@@ -273,7 +273,7 @@ class Gateway:
     LATENCY = "wcsgw_rtp_to_rtmp_latency_seconds"  # histogram, every frame (audio and video), no media label yet
     SETUP = "wcsgw_call_setup_seconds"  # histogram: call/startup to the first keyframe written to RTMP
     LAG = "wcsgw_reactor_lag_seconds"  # histogram
-    MEDIA_CPU = "wcsgw_media_cpu_seconds_total"  # counter, phase="read" | "deliver"
+    MEDIA_CPU = "wcsgw_media_cpu_seconds_total"  # counter, phase="read" | "deliver" | "send"
     RECEIVED = "wcsgw_rtp_packets_received_total"
     LOST = "wcsgw_rtp_packets_lost_total"  # RFC 3550
     LATE = "wcsgw_rtp_packets_late_total"  # came after their frame was released: lost for the output
@@ -391,7 +391,7 @@ class Gateway:
             out.update(self_latency_p50=p50, self_latency_p99=p99, self_latency_count=count)
         out["self_latency_recent"] = {dict(ls).get("quantile"): v for (n, ls), v in after.items()
                                       if n == f"{self.LATENCY}_recent"}
-        for phase in ("read", "deliver"):  # the reactor thread's CPU in media drains
+        for phase in ("read", "deliver", "send"):  # the reactor thread's CPU in media drains and RTMP sends
             spent = metric_sum(after, self.MEDIA_CPU, phase=phase)
             if spent is not None:
                 out[f"media_{phase}_cpu_s"] = round(spent - (metric_sum(before, self.MEDIA_CPU, phase=phase) or 0.0), 3)

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.gateway import wait_for
-from wcsgw.rtmp.protocol import RtmpClientProtocol, _turn_end
+from wcsgw.rtmp.protocol import RtmpClientProtocol, write_batch
 from wcsgw.rtmp.session import RtmpClientSession
 from wcsgw.rtmp.url import parse
 
@@ -97,17 +97,18 @@ class DirectWriteTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
         handshake = 1 + 1536
         yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
-        turns = _turn_end(reactor)
-        sends = turns.sends
+        turns = write_batch(reactor)
+        sends = turns.batches
         protocol._write(b"one,")
         protocol._write(b"two,")
         protocol._write(b"three,")
         self.assertEqual(len(received), handshake)
         yield deferLater(reactor, 0, lambda: None)
-        self.assertEqual(turns.sends, sends + 1)
+        self.assertEqual(turns.batches, sends + 1)
         protocol._write(b"four")
         yield wait_for(lambda: len(received) >= handshake + 18, what="every byte at the peer", timeout=30)
-        self.assertEqual(turns.sends, sends + 2)
+        self.assertEqual(turns.batches, sends + 2)
+        self.assertGreater(turns.cpu, 0.0)
         self.assertEqual(bytes(received[handshake:]), b"one,two,three,four")
         protocol.transport.loseConnection()
         yield listener.lost

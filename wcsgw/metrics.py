@@ -303,9 +303,17 @@ def render(gateway: Any) -> str:
                    "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",
                    [('{kind="receive"}', sockets.receive_errors), ('{kind="protocol"}', sockets.protocol_errors),
                     ('{kind="send_dropped"}', sockets.send_drops)])
+        phases = [('{phase="read"}', sockets.read_cpu), ('{phase="deliver"}', sockets.deliver_cpu)]
+        writes = getattr(gateway, "rtmp_writes", None)
+        if writes is not None:
+            phases.append(('{phase="send"}', writes.cpu))
         out.metric("wcsgw_media_cpu_seconds_total", "counter",
-                   "CPU time of the reactor thread reading the media sockets, and handling what was read (RTP to "
-                   "RTMP)", [('{phase="read"}', sockets.read_cpu), ('{phase="deliver"}', sockets.deliver_cpu)])
+                   "CPU time of the reactor thread reading the media sockets, handling what was read (RTP to RTMP), "
+                   "and sending the RTMP writes of each reactor turn", phases)
+        if writes is not None:
+            out.metric("wcsgw_rtmp_sends_total", "counter",
+                       "RTMP connections written to at the end of a reactor turn (one send each)",
+                       [("", writes.sends)])
 
     for name, value in sorted(agent.counters.items()):
         out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",

@@ -27,6 +27,7 @@ from wcsgw.metrics import ReactorLagMonitor, render
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
 from wcsgw.rest.tls import certificate_paths, server_context
+from wcsgw.rtmp.protocol import write_batch
 from wcsgw.rtp import udp
 from wcsgw.rtp.ports import PortAllocator
 from wcsgw.rtp.udp import MediaSockets
@@ -140,6 +141,7 @@ class GatewayService(service.MultiService):
         if settings.production:
             credentials = CredentialStore(state_dir / CREDENTIALS_FILE, reactor)
         self.lag = ReactorLagMonitor(reactor)
+        self.rtmp_writes = write_batch(reactor)
         self.api = RestApi(self.manager, reactor, default_dtmf=settings.dtmf, metrics=lambda: render(self))
         site = Site(ApiResource(self.api.app.resource(), reactor, credentials))
         site.displayTracebacks = False

@@ -139,9 +139,10 @@ class MetricsTests(TestCase):
         self.assertGreater(total(during, "wcsgw_rtmp_bytes_sent_total"), 2000)
         self.assertGreaterEqual(during["wcsgw_media_datagrams_total"], total(during, "wcsgw_rtp_packets_received_total"))
         self.assertGreater(during["wcsgw_media_drains_total"], 0)
-        for phase in ("read", "deliver"):
+        for phase in ("read", "deliver", "send"):
             key = f'wcsgw_media_cpu_seconds_total{{phase="{phase}"}}'
             self.assertGreater(during[key], before.get(key, 0.0))
+        self.assertGreater(during["wcsgw_rtmp_sends_total"], before.get("wcsgw_rtmp_sends_total", 0))
         self.assertEqual(during['wcsgw_media_socket_errors_total{kind="protocol"}'], 0)
         self.assertGreater(during['wcsgw_rtp_to_rtmp_latency_seconds_count{media="audio"}'], 20)
         self.assertGreater(during['wcsgw_rtp_to_rtmp_latency_seconds_count{media="video"}'], 20)

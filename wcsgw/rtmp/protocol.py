@@ -9,6 +9,7 @@ asks it to pause (its own buffer is full), outgoing bytes stay queued in the ses
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import thread_time
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -142,7 +143,7 @@ class RtmpClientProtocol(Protocol):
             transport.write(data)
             return
         queued.append(data)
-        _turn_end(transport.reactor).add(self)
+        write_batch(transport.reactor).add(self)
 
     def _send_queued(self) -> None:
         """Send what ``_write`` queued: with one ``send`` when the transport holds nothing back, else through
@@ -222,7 +223,7 @@ class RtmpClientProtocol(Protocol):
                 self.transport.abortConnection()
 
 
-class _TurnEnd:
+class WriteBatch:
     """The protocols with queued writes, sent together by one ``callLater(0)``: after the work of the reactor
     turn that queued them (a media drain, a batch of transcoded audio), before the reactor waits again."""
 
@@ -230,7 +231,9 @@ class _TurnEnd:
         self._reactor = reactor
         self._protocols: list[RtmpClientProtocol] = []
         self._call: Any = None
-        self.sends = 0  # turns that sent
+        self.batches = 0  # turns that sent
+        self.sends = 0  # connections written to, one send each (unless the transport held data back)
+        self.cpu = 0.0  # CPU seconds of the reactor thread in the sends
 
     def add(self, protocol: RtmpClientProtocol) -> None:
         self._protocols.append(protocol)
@@ -238,9 +241,11 @@ class _TurnEnd:
             self._call = self._reactor.callLater(0, self.send)
 
     def send(self) -> None:
+        started = thread_time()
         self._call = None
-        self.sends += 1
+        self.batches += 1
         protocols, self._protocols = self._protocols, []
+        self.sends += len(protocols)
         for protocol in protocols:
             try:
                 protocol._send_queued()
@@ -248,17 +253,19 @@ class _TurnEnd:
                 _log.failure("RTMP write failed; closing the connection")
                 if protocol.transport is not None:
                     protocol.transport.abortConnection()
+        self.cpu += thread_time() - started
 
 
-_TURN_ENDS: dict[int, _TurnEnd] = {}
+_WRITE_BATCHES: dict[int, WriteBatch] = {}
 
 
-def _turn_end(reactor: Any) -> _TurnEnd:
-    """The ``_TurnEnd`` of ``reactor`` (one per reactor; tests may run more than one)."""
+def write_batch(reactor: Any) -> WriteBatch:
+    """The ``WriteBatch`` of ``reactor`` (one per reactor; tests may run more than one); ``/metrics`` reads its
+    counters."""
     key = id(reactor)
-    found = _TURN_ENDS.get(key)
+    found = _WRITE_BATCHES.get(key)
     if found is None or found._reactor is not reactor:
-        found = _TURN_ENDS[key] = _TurnEnd(reactor)
+        found = _WRITE_BATCHES[key] = WriteBatch(reactor)
     return found
 
 
