@@ -12,7 +12,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from wcsgw import config
-from wcsgw.tap import GatewayService, Options
+from wcsgw.tap import GatewayService, Options, transcode_thread_count
 
 
 class _UdpPort:
@@ -132,6 +132,19 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.sslServers, [])
         self.assertEqual(reactor.udpPorts, [(5060, "0.0.0.0")])  # the SIP user agent
         self.successResultOf(service.stopService())
+
+    def test_transcoding_threads_leave_the_reactor_a_core(self) -> None:
+        """``transcode_threads=0`` starts one thread per core but one, at least one; a number given is taken."""
+        self.assertEqual(transcode_thread_count(0, 2), 1)
+        self.assertEqual(transcode_thread_count(0, 8), 7)
+        self.assertEqual(transcode_thread_count(0, 1), 1)
+        self.assertEqual(transcode_thread_count(0, None), 1)
+        self.assertEqual(transcode_thread_count(3, 2), 3)
+        service = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp()}))
+        self.assertEqual(len(service.pool._threads), transcode_thread_count(0, os.cpu_count()))
+        service = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp(),
+                                                                            "transcode_threads": 3}))
+        self.assertEqual(len(service.pool._threads), 3)
 
     def test_switch_interval_while_running(self) -> None:
         """While the gateway runs, threads hand the GIL back after 1 ms instead of 5 (the reactor waits less for

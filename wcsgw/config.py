@@ -240,7 +240,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rtmp_reconnect_delays", _parse_delays, (1.0, 2.0, 4.0, 8.0, 15.0),
             "seconds between RTMP reconnect attempts; when all fail the destination is RTMP_CONNECTION_FAILED"),
     Setting("transcode_threads", _parse_int(0, 64), 0,
-            "threads shared by every call's transcoding (AAC, VP8 to H.264); 0: one per CPU core"),
+            "threads shared by every call's transcoding (AAC, VP8 to H.264); 0: one per CPU core but one (the "
+            "reactor's), at least one; many VP8 calls may want one per core"),
     Setting("transcode_batch_ms", _parse_int(0, 200), 20,
             "transcoding work waits up to this many ms and goes to the threads in batches, whose results come back "
             "together (0: each item at once); a thread's wake-up can cost as much CPU as encoding an AAC frame",

@@ -33,6 +33,8 @@ class MediaSocketProtocol(DatagramProtocol):
     def __init__(self, owner: MediaStreamProtocol, channel: str) -> None:
         self.owner = owner
         self.channel = channel
+        if channel == RTP:  # MediaSockets calls the owner's RTP entry itself: one call less per batch
+            self.datagrams_arrived = owner.rtp_arrived  # type: ignore[method-assign]
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.owner.datagrams_received(self.channel, [(datagram, (addr[0], addr[1]), None)])
@@ -171,39 +173,50 @@ class MediaStreamProtocol:
     def datagrams_received(self, channel: str, datagrams: list[tuple[bytes, Any, float | None]]) -> None:
         """Feed the session every datagram (``(data, addr, arrival or None)``), then send what it wants sent,
         hand over its events and re-arm the timer, once.  Nothing raised gets out."""
+        if channel == RTP:
+            self.rtp_arrived(datagrams)
+            return
         session = self.session
         if session is None or self._stopped:
             if not self._stopped:
                 self.early_datagrams += len(datagrams)
             return
         now = self.reactor.seconds()
-        if channel == RTP:
+        for data, addr, arrival in datagrams:  # RTCP
             try:
-                self.errors += session.receive_rtp_many(datagrams, now)
-            except Exception:  # receive_rtp_many logs what fails in it; this is a last guard
+                session.receive_rtcp(data, addr, now if arrival is None else arrival)
+            except Exception:
                 self.errors += 1
-                log.failure("media RTP datagrams failed")
-                session.deadlines_unchanged = False
-            if session.deadlines_unchanged and self._timer is not None:
-                try:  # the armed timer still fires in time: only the output to hand over
-                    self._flush()
-                except Exception:
-                    self.errors += 1
-                    log.failure("media {channel} service failed", channel=channel)
-                return
-        else:
-            for data, addr, arrival in datagrams:
-                try:
-                    session.receive_rtcp(data, addr, now if arrival is None else arrival)
-                except Exception:
-                    self.errors += 1
-                    log.failure("media {channel} datagram from {addr} failed", channel=channel, addr=addr)
+                log.failure("media {channel} datagram from {addr} failed", channel=channel, addr=addr)
         try:
             self._flush()
             self._arm_timer(now)
         except Exception:
             self.errors += 1
             log.failure("media {channel} service failed", channel=channel)
+
+    def rtp_arrived(self, datagrams: list[tuple[bytes, Any, float | None]]) -> None:
+        """``datagrams_received`` for the RTP socket (the socket's ``datagrams_arrived``: every batch of media
+        comes this way, so it is kept short)."""
+        session = self.session
+        if session is None or self._stopped:
+            if not self._stopped:
+                self.early_datagrams += len(datagrams)
+            return
+        now = self.reactor.seconds()
+        try:
+            self.errors += session.receive_rtp_many(datagrams, now)
+        except Exception:  # receive_rtp_many logs what fails in it; this is a last guard
+            self.errors += 1
+            log.failure("media RTP datagrams failed")
+            session.deadlines_unchanged = False
+        try:
+            self._flush()
+            if not session.deadlines_unchanged or self._timer is None:
+                self._arm_timer(now)
+        except Exception:
+            self.errors += 1
+            log.failure("media {channel} service failed", channel=RTP)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -223,7 +236,21 @@ class MediaStreamProtocol:
         self._arm_timer(self.reactor.seconds())
 
     def _flush(self) -> None:
-        for data, addr, channel in self.session.datagrams_to_send():
+        session: Any = self.session
+        # the session's output lists are looked at before they are asked for: this runs for every batch, and
+        # most batches have no datagram to send, many no event
+        if session._outgoing:
+            self._send_datagrams(session.datagrams_to_send())
+        if session._events:
+            for event in session.events():
+                try:
+                    self.on_event(event)
+                except Exception:
+                    self.errors += 1
+                    log.failure("media event handler failed for {event!r}", event=event)
+
+    def _send_datagrams(self, datagrams: list[tuple[bytes, Any, str]]) -> None:
+        for data, addr, channel in datagrams:
             protocol = self.rtcp_protocol if channel == RTCP and RTCP in self._ports else self.rtp_protocol
             transport: Any = protocol.transport
             if transport is None:
@@ -233,12 +260,6 @@ class MediaStreamProtocol:
             except Exception as exc:  # OSError from sendto (unreachable network, ...) must not stop the call
                 self.send_errors += 1
                 log.debug("media send to {addr} failed: {error}", addr=addr, error=exc)
-        for event in self.session.events():
-            try:
-                self.on_event(event)
-            except Exception:
-                self.errors += 1
-                log.failure("media event handler failed for {event!r}", event=event)
 
     def _arm_timer(self, now: float) -> None:
         """Have the timer fire by the session's next deadline.  A timer already due sooner is kept: it fires
