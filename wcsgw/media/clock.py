@@ -32,6 +32,7 @@ from dataclasses import dataclass
 __all__ = ["MediaClock", "ntp_to_seconds", "NTP_UNIX_EPOCH_OFFSET"]
 
 RTP_TIMESTAMP_MODULO = 1 << 32
+_HALF_MODULO = RTP_TIMESTAMP_MODULO // 2
 NTP_UNIX_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
 
 
@@ -114,34 +115,64 @@ class MediaClock:
             state.correction = correction
 
     def timestamp_ms(self, track: str, rtp_timestamp: int, now: float) -> int:
-        """The FLV timestamp of the frame of ``track`` with ``rtp_timestamp``, handed over at ``now``."""
-        state = self._track(track)
-        ext = self._unwrap(state, rtp_timestamp, remember=True)
+        """The FLV timestamp of the frame of ``track`` with ``rtp_timestamp``, handed over at ``now``.
+
+        This runs for every frame: ``_unwrap`` and ``_applied`` are written out here (same arithmetic)."""
+        state = self._tracks.get(track)
+        if state is None:
+            raise ValueError(f"unknown track {track!r}")
+        rtp_timestamp %= RTP_TIMESTAMP_MODULO
+        last = state.last_ext
+        if last is None:
+            ext = rtp_timestamp
+        else:
+            delta = (rtp_timestamp - last) % RTP_TIMESTAMP_MODULO
+            if delta >= _HALF_MODULO:
+                delta -= RTP_TIMESTAMP_MODULO
+            ext = last + delta
+        state.last_ext = ext
+        rate = state.clock_rate
         if state.anchor_ext is None:
             state.anchor_ext = ext
             state.anchor_local = now
-        elif abs(self._applied(state, ext) - now) > self._resync_threshold_s:
-            # The RTP timeline left the arrival clock: start the track again from here.
-            state.anchor_ext = ext
-            state.anchor_local = now
-            state.sr_ext = None
-            state.correction = 0.0
-            state.out_ext = None
-        if state.out_ext is not None and ext > state.out_ext and state.correction:
-            step = (ext - state.out_ext) / state.clock_rate * self._slew_rate
-            if abs(state.correction) <= step:
-                state.correction = 0.0
-            elif state.correction > 0:
-                state.correction -= step
+            target = self._target(state, ext)
+        else:
+            sr_ext, offset = state.sr_ext, self._ntp_offset
+            if sr_ext is not None and offset is not None:
+                target = offset + state.sr_ntp + (ext - sr_ext) / rate
             else:
-                state.correction += step
-        local = self._applied(state, ext)
-        if self._origin is None:
-            self._origin = local
-        ms = max(round((local - self._origin) * 1000.0), state.last_ms, 0)
+                target = state.anchor_local + (ext - state.anchor_ext) / rate
+            if abs(target + state.correction - now) > self._resync_threshold_s:
+                # The RTP timeline left the arrival clock: start the track again from here.
+                state.anchor_ext = ext
+                state.anchor_local = now
+                state.sr_ext = None
+                state.correction = 0.0
+                state.out_ext = None
+                target = self._target(state, ext)
+        out_ext = state.out_ext
+        correction = state.correction
+        if out_ext is not None and ext > out_ext and correction:
+            step = (ext - out_ext) / rate * self._slew_rate
+            if abs(correction) <= step:
+                correction = 0.0
+            elif correction > 0:
+                correction -= step
+            else:
+                correction += step
+            state.correction = correction
+        local = target + correction
+        origin = self._origin
+        if origin is None:
+            origin = self._origin = local
+        ms = round((local - origin) * 1000.0)
+        if ms < state.last_ms:
+            ms = state.last_ms
+        if ms < 0:
+            ms = 0
         state.last_ms = ms
         state.outputs += 1
-        if state.out_ext is None or ext > state.out_ext:
+        if out_ext is None or ext > out_ext:
             state.out_ext = ext
         return ms
 
