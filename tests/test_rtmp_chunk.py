@@ -130,6 +130,33 @@ class EncoderTests(SynchronousTestCase):
             msg(4, MSG_AUDIO, 0, bytes(0x1000000))
 
 
+class MediaChunksTests(SynchronousTestCase):
+    def test_pieces_are_the_encoding_without_copying_the_payload(self) -> None:
+        """``media_chunks`` gives the bytes ``encode`` gives for the same message, as chunk headers and parts of
+        the payload that are the payload itself or views of it, with their size in all; below, at and above the
+        chunk size, on the boundaries, with extended timestamps."""
+        cases = [(1, 0), (100, 40), (4096, 80), (4097, 120), (8192, 160), (8193, 0x1000000), (20000, 0x1000028)]
+        for chunk_size in (128, 4096):
+            media, reference = ChunkEncoder(), ChunkEncoder()
+            if chunk_size != 128:
+                media.set_chunk_size(chunk_size)
+                reference.set_chunk_size(chunk_size)
+            for length, ts in cases:
+                payload = bytes(range(256)) * (length // 256) + bytes(length % 256)
+                pieces, size = media.media_chunks(6, MSG_VIDEO, ts, 1, payload)
+                expected = reference.encode(msg(6, MSG_VIDEO, ts, payload))
+                self.assertEqual(b"".join(pieces), expected, (chunk_size, length))
+                self.assertEqual(size, len(expected), (chunk_size, length))
+                for piece in pieces[1::2]:  # headers, then payload parts
+                    self.assertTrue(piece is payload or (isinstance(piece, memoryview) and piece.obj is payload))
+
+    def test_fields_are_checked(self) -> None:
+        encoder = ChunkEncoder()
+        for args in ((1, MSG_VIDEO, 0, 1, b"x"), (6, 256, 0, 1, b"x"), (6, MSG_VIDEO, -1, 1, b"x"),
+                     (6, MSG_VIDEO, 0, 2**32, b"x")):
+            self.assertRaises(ValueError, encoder.media_chunks, *args)
+
+
 class RoundTripTests(SynchronousTestCase):
     def round_trip(
         self, chunk_size: int, messages: list[RtmpMessage], step: int | None = None

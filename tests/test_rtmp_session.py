@@ -315,6 +315,24 @@ class MediaTests(SynchronousTestCase):
         self.assertGreater(self.session.bytes_sent, 1537 + 1536)
         self.assertEqual(self.session.pending_bytes, 0)
 
+    def test_pending_bytes_is_what_data_to_send_gives(self) -> None:
+        """``pending_bytes`` counts what is queued (tags small and larger than a chunk, commands), exactly what
+        ``data_to_send`` then returns, in order."""
+        self.session.data_to_send()
+        for n in range(5):
+            self.session.send_tag(FlvTag(TagType.VIDEO, n * 40, bytes([n]) * (1000 + n * 3000)))
+            self.session.send_tag(FlvTag(TagType.AUDIO, n * 40, b"\xaf\x01" + bytes(200)))
+        self.session.unpublish()
+        queued = self.session.pending_bytes
+        data = self.session.data_to_send()
+        self.assertEqual(len(data), queued)
+        self.assertEqual(self.session.pending_bytes, 0)
+        before = len(self.server.media())
+        self.server.receive(data)
+        self.assertEqual([m.payload for m in self.server.media()[before:]],
+                         [body for n in range(5) for body in (bytes([n]) * (1000 + n * 3000), b"\xaf\x01" + bytes(200))])
+        self.assertEqual(self.server.commands[-1][0], "deleteStream")
+
 
 class MalformedInputTests(SynchronousTestCase):
     def test_bad_handshake_version(self) -> None:

@@ -154,26 +154,38 @@ class ChunkEncoder:
         return encoded
 
     def encode(self, message: RtmpMessage) -> bytes:
-        return b"".join(self.chunks(message))
+        pieces, _size = self._pieces(message.chunk_stream_id, message.type_id, message.timestamp,
+                                     message.stream_id, message.payload)
+        return b"".join(pieces)
 
     def chunks(self, message: RtmpMessage) -> list[bytes]:
         """The chunks of one message, in order (they may be interleaved with other streams' chunks)."""
-        return self._chunks(message.chunk_stream_id, message.type_id, message.timestamp, message.stream_id,
-                            message.payload)
+        pieces, _size = self._pieces(message.chunk_stream_id, message.type_id, message.timestamp,
+                                     message.stream_id, message.payload)
+        return [b"".join(pieces[n:n + 2]) for n in range(0, len(pieces), 2)]
 
     def encode_media(self, chunk_stream_id: int, type_id: int, timestamp: int, stream_id: int,
                      payload: bytes) -> bytes:
-        """``encode`` for a message given by its fields (audio and video: no message object per frame).  The
-        fields are checked as ``RtmpMessage`` checks them."""
+        """``encode`` for a message given by its fields (audio and video: no message object per frame)."""
+        pieces, _size = self.media_chunks(chunk_stream_id, type_id, timestamp, stream_id, payload)
+        return b"".join(pieces)
+
+    def media_chunks(self, chunk_stream_id: int, type_id: int, timestamp: int, stream_id: int,
+                     payload: bytes) -> tuple[list[bytes | memoryview], int]:
+        """The chunks of a message given by its fields, as pieces to be written one after the other (chunk
+        headers, and the payload itself or memoryviews of its parts: nothing of the payload is copied), and
+        their size in all.  The fields are checked as ``RtmpMessage`` checks them."""
         if not MIN_CSID <= chunk_stream_id <= MAX_CSID or not 0 <= type_id <= 0xFF:
             raise ValueError(f"bad chunk stream id {chunk_stream_id} or message type {type_id}")
         if not 0 <= timestamp <= _MASK32 or not 0 <= stream_id <= _MASK32:
             raise ValueError(f"bad timestamp {timestamp} or stream id {stream_id}")
         if len(payload) > MAX_MESSAGE_LENGTH:
             raise ValueError(f"message of {len(payload)} bytes exceeds 16777215 bytes")
-        return b"".join(self._chunks(chunk_stream_id, type_id, timestamp, stream_id, payload))
+        return self._pieces(chunk_stream_id, type_id, timestamp, stream_id, payload)
 
-    def _chunks(self, csid: int, type_id: int, ts: int, stream_id: int, payload: bytes) -> list[bytes]:
+    def _pieces(self, csid: int, type_id: int, ts: int, stream_id: int, payload: bytes
+                ) -> tuple[list[bytes | memoryview], int]:
+        """The chunk headers of a message, each followed by its part of the payload, and their size in all."""
         length = len(payload)
         prev = self._last.get(csid)
         if prev is None or prev.stream_id != stream_id or ts < prev.timestamp:
@@ -198,12 +210,16 @@ class ChunkEncoder:
         self._last[csid] = _SentHeader(stream_id, length, type_id, ts, delta)
 
         size = self._chunk_size
-        out = [_basic_header(fmt, csid) + header + extended + payload[:size]]
-        if length > size:
-            continuation = _basic_header(3, csid) + extended
-            for start in range(size, length, size):
-                out.append(continuation + payload[start : start + size])
-        return out
+        first = _basic_header(fmt, csid) + header + extended
+        if length <= size:
+            return [first, payload], len(first) + length
+        view = memoryview(payload)
+        out: list[bytes | memoryview] = [first, view[:size]]
+        continuation = _basic_header(3, csid) + extended
+        for start in range(size, length, size):
+            out.append(continuation)
+            out.append(view[start:start + size])
+        return out, len(first) + length + len(continuation) * ((length - 1) // size)
 
 
 @dataclasses.dataclass

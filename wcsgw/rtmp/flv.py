@@ -160,18 +160,16 @@ def avc_video_tag(
     if not -0x800000 <= composition_time_ms <= 0x7FFFFF:
         raise ValueError(f"composition time {composition_time_ms} ms does not fit in 24 signed bits")
     frame_type = FRAME_TYPE_KEY if keyframe else FRAME_TYPE_INTER
-    out = bytearray([(frame_type << 4) | CODEC_ID_AVC, AVC_NALU])
-    out += (composition_time_ms & 0xFFFFFF).to_bytes(3, "big")
-    count = 0
-    for unit in nal_units:
+    parts = [bytes(((frame_type << 4) | CODEC_ID_AVC, AVC_NALU))
+             + (composition_time_ms & 0xFFFFFF).to_bytes(3, "big")]
+    for unit in nal_units:  # one join: the NAL units are copied once
         if not unit:
             raise ValueError("empty NAL unit")
-        out += len(unit).to_bytes(4, "big")
-        out += unit
-        count += 1
-    if count == 0:
+        parts.append(len(unit).to_bytes(4, "big"))
+        parts.append(unit)
+    if len(parts) == 1:
         raise ValueError("AVC video tag needs at least one NAL unit")
-    return FlvTag(TagType.VIDEO, timestamp_ms, bytes(out), is_keyframe=keyframe)
+    return FlvTag(TagType.VIDEO, timestamp_ms, b"".join(parts), is_keyframe=keyframe)
 
 
 def avc_end_of_sequence_tag(timestamp_ms: int) -> FlvTag:

@@ -160,7 +160,9 @@ class RtmpClientSession:
         self._handshake = ClientHandshake(int(now * 1000), random_bytes)
         self._encoder = ChunkEncoder()
         self._decoder = ChunkDecoder()
-        self._out = bytearray()
+        # what is queued for the server: pieces (bytes, memoryviews of tag bodies), joined once by data_to_send
+        self._out: list[bytes | memoryview] = []
+        self._out_bytes = 0
         self._events: collections.deque[Event] = collections.deque()
         self._next_transaction = 1
         self._transactions: dict[int, str] = {}
@@ -179,21 +181,30 @@ class RtmpClientSession:
         self.peer_bandwidth: int | None = None  # Set Peer Bandwidth, after limit-type rules
         self.peer_acknowledged: int | None = None  # last Acknowledgement sequence number
 
-        self._out += self._handshake.start()
+        self._queue(self._handshake.start())
 
     # ------------------------------------------------------------------ I/O surface
 
     def data_to_send(self) -> bytes:
         """Everything queued for the server since the last call."""
-        data = bytes(self._out)
-        self._out.clear()
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
+        self._out = []
+        self._out_bytes = 0
         self.bytes_sent += len(data)
-        return data
+        return data  # type: ignore[return-value]
 
     @property
     def pending_bytes(self) -> int:
         """Bytes queued and not yet taken by :meth:`data_to_send`."""
-        return len(self._out)
+        return self._out_bytes
+
+    def _queue(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+            self._out_bytes += len(data)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -206,7 +217,7 @@ class RtmpClientSession:
         try:
             if self.state is SessionState.HANDSHAKING:
                 reply, data = self._handshake.receive_data(data)
-                self._out += reply
+                self._queue(reply)
                 if not self._handshake.done:
                     return
                 self._start_connect()
@@ -247,7 +258,9 @@ class RtmpClientSession:
         tag_type = tag.tag_type
         csid = CSID_VIDEO if tag_type == TagType.VIDEO else CSID_AUDIO if tag_type == TagType.AUDIO else CSID_STREAM
         ts = tag.timestamp_ms if timestamp_ms is None else timestamp_ms
-        self._out += self._encoder.encode_media(csid, int(tag_type), ts, self.stream_id, tag.body)
+        pieces, size = self._encoder.media_chunks(csid, int(tag_type), ts, self.stream_id, tag.body)
+        self._out += pieces
+        self._out_bytes += size
 
     def unpublish(self) -> None:
         """Send ``FCUnpublish`` and ``deleteStream`` for a stream being published."""
@@ -261,7 +274,7 @@ class RtmpClientSession:
     # ------------------------------------------------------------------ internals
 
     def _send(self, message: RtmpMessage) -> None:
-        self._out += self._encoder.encode(message)
+        self._queue(self._encoder.encode(message))
 
     def _command(
         self, name: str, purpose: str, *args: Any, csid: int = CSID_COMMAND, stream_id: int = 0
@@ -282,7 +295,7 @@ class RtmpClientSession:
         self._events.append(PublishRefused(code or "(no code)", description))
 
     def _start_connect(self) -> None:
-        self._out += self._encoder.set_chunk_size(self._chunk_size)
+        self._queue(self._encoder.set_chunk_size(self._chunk_size))
         self._send_window_ack_size(self._window_ack_size)
         command_object = {
             "app": self.url.app,
