@@ -270,7 +270,6 @@ class WrittenOutTests(SynchronousTestCase):
             rng = random.Random(seed)
             fast, slow = audio_video_clock(), audio_video_clock()
             rtp = {"audio": rng.getrandbits(32), "video": rng.getrandbits(32)}
-            rates = {"audio": 8000, "video": 90000}
             now = 1000.0
             for _step in range(400):
                 now += rng.uniform(0.0, 0.05)

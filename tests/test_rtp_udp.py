@@ -124,14 +124,14 @@ class Stamped(Recorder):
 
 
 class IntervalTests(TestCase):
-    """MediaSockets with an interval: drains on a timer, arrival times from the kernel."""
+    """MediaSockets with an interval: drains on a timer, arrival times from the kernel when asked."""
 
     timeout = 30
 
     def setUp(self) -> None:
         if not udp.available():
             raise SkipTest("no epoll here")
-        self.sockets = MediaSockets(reactor, interval=0.05)
+        self.sockets = MediaSockets(reactor, interval=0.05, kernel_timestamps=True)
         self.addCleanup(self.sockets.close)
         self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.peer.bind((LOCAL, 0))
@@ -161,6 +161,32 @@ class IntervalTests(TestCase):
         # the reactor thread's CPU of the drains, in its two parts
         self.assertGreater(self.sockets.read_cpu, 0.0)
         self.assertGreater(self.sockets.deliver_cpu, 0.0)
+
+    @inlineCallbacks
+    def test_without_kernel_timestamps_a_datagram_arrives_when_its_drain_reads_it(self) -> Any:
+        """Without ``kernel_timestamps`` no socket asks for SO_TIMESTAMP, and the datagrams a drain reads all
+        arrive at the drain's time: after they were sent, before they are delivered, at most an interval late."""
+        sockets = MediaSockets(reactor, interval=0.05)
+        self.addCleanup(sockets.close)
+        recorder = Stamped()
+        media = sockets.bind(0, recorder, LOCAL)
+        self.assertEqual(media.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP), 0)
+        self.assertEqual(self.sockets.bind(0, Recorder(), LOCAL).socket.getsockopt(socket.SOL_SOCKET,
+                                                                                  udp.SO_TIMESTAMP), 1)
+        first_sent = time.time()
+        for n in range(10):
+            self.peer.sendto(b"%d" % n, (LOCAL, media.getHost().port))
+        last_sent = time.time()
+        yield wait_for(lambda: len(recorder.datagrams) == 10, what="10 datagrams")
+        delivered = time.time()
+        self.assertEqual([d for d, _ in recorder.datagrams], [b"%d" % n for n in range(10)])
+        index = 0
+        for size in recorder.batches:  # one arrival time per drain
+            self.assertEqual(len(set(recorder.arrivals[index:index + size])), 1)
+            index += size
+        self.assertGreaterEqual(recorder.arrivals[0], first_sent)
+        self.assertLessEqual(recorder.arrivals[-1], delivered)
+        self.assertLessEqual(recorder.arrivals[0], last_sent + 0.05 + 1.0)  # an interval, and a slow machine
 
     def test_the_timer_stops_with_the_last_socket(self) -> None:
         """The drain timer runs only while a socket is bound."""

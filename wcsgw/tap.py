@@ -141,7 +141,8 @@ class GatewayService(service.MultiService):
                                name="wcsgw-tc",
                                batch_interval=settings.transcode_batch_ms / 1000.0)
         self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0,
-                                           receive_buffer=MEDIA_RECEIVE_BUFFER)
+                                           receive_buffer=MEDIA_RECEIVE_BUFFER,
+                                           kernel_timestamps=settings.media_kernel_timestamps)
                               if udp.available() and IReactorFDSet.providedBy(reactor) else None)
         self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool,
                                       public_address=public_address, media_sockets=self.media_sockets)
