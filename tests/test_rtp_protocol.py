@@ -304,3 +304,61 @@ class LazyTimerTests(SynchronousTestCase):
                 self.assertLess(reactor.seconds(), silent_from + 5.0, "inactivity not reported in time")
             self.assertLessEqual(abs(reactor.seconds() - (silent_from + 2.0)), 0.11)
             events.clear()
+
+
+class ConnectingPort(FakePort):
+    """A FakePort with MediaSocket's connect_peer/disconnect_peer, recorded."""
+
+    def __init__(self, port: int, interface: str) -> None:
+        super().__init__(port, interface)
+        self.calls: list[tuple[Any, ...]] = []
+        self.refuse = False
+
+    def connect_peer(self, addr: Any, local_address: str | None = None) -> None:
+        self.calls.append(("connect", addr, local_address))
+        if self.refuse:
+            raise OSError("it would receive on another address")
+
+    def disconnect_peer(self) -> None:
+        self.calls.append(("disconnect",))
+
+
+class ConnectingReactor(FakeUdpReactor):
+    def listenUDP(self, port: int, protocol: DatagramProtocol, interface: str = "",
+                  maxPacketSize: int = 8192) -> FakePort:
+        fake = ConnectingPort(port, interface)
+        protocol.makeConnection(fake)
+        self.ports[port] = fake
+        return fake
+
+
+class FollowLatchTests(SynchronousTestCase):
+    """The RTP socket is connected to the far end the session latched, and disconnected when it re-latches."""
+
+    def setUp(self) -> None:
+        self.reactor = ConnectingReactor()
+        self.reactor.advance(1000.0)
+        config = SessionConfig(rtp_in_buffer=False)
+        self.session = MediaStreamSession(params(), config, self.reactor.seconds(), rng=random.Random(3))
+        self.media = MediaStreamProtocol(self.reactor, self.session, lambda event: None)
+        self.media.local_address = "198.51.100.1"
+        self.media.listen(20000, 20001, interface="0.0.0.0")
+        self.port: ConnectingPort = self.reactor.ports[20000]  # type: ignore[assignment]
+
+    def test_connect_on_latch_and_disconnect_on_new_remote(self) -> None:
+        self.assertEqual(self.port.calls, [])  # nothing latched yet
+        self.media.rtp_protocol.datagrams_arrived([(rtp(1), REMOTE, None)])
+        self.assertEqual(self.port.calls, [("connect", REMOTE, "198.51.100.1")])
+        self.media.rtp_protocol.datagrams_arrived([(rtp(2), REMOTE, None), (rtp(3), REMOTE, None)])
+        self.assertEqual(len(self.port.calls), 1)  # in-order packets: nothing to look at
+        self.media.update_params(params(remote_rtp_addr="203.0.113.9"))
+        self.assertEqual(self.port.calls[-1], ("disconnect",))
+        self.media.rtp_protocol.datagrams_arrived([(rtp(4), ("203.0.113.9", 4000), None)])
+        self.assertEqual(self.port.calls[-1], ("connect", ("203.0.113.9", 4000), "198.51.100.1"))
+
+    def test_a_refused_connect_is_not_tried_again_for_that_address(self) -> None:
+        self.port.refuse = True
+        self.media.rtp_protocol.datagrams_arrived([(rtp(1), REMOTE, None)])
+        self.media.rtp_protocol.datagrams_arrived([(rtp(5), REMOTE, None)])  # a gap: the slow path again
+        self.assertEqual(self.port.calls, [("connect", REMOTE, "198.51.100.1")])
+        self.assertEqual(self.media.errors, 0)

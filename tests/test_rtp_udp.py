@@ -203,3 +203,80 @@ class IntervalTests(TestCase):
         with self.assertRaises(ValueError) as caught:
             MediaSockets(reactor, interval=-1)
         self.assertEqual(str(caught.exception), "interval must not be negative, not -1")
+
+
+class ConnectedPeerTests(TestCase):
+    """A socket connected to its far end: only that source's datagrams, read without their address."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not udp.available():
+            raise SkipTest("no epoll here")
+        self.sockets = MediaSockets(reactor, interval=0.02)
+        self.addCleanup(self.sockets.close)
+        self.far, self.other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        for sock in (self.far, self.other):
+            sock.bind((LOCAL, 0))
+            self.addCleanup(sock.close)
+
+    @inlineCallbacks
+    def test_only_the_peer_once_connected_and_every_source_after_disconnect(self) -> Any:
+        """What a foreign source sent before the connect still arrives, with its own address; after it only the
+        peer's datagrams arrive (with the peer's address), until ``disconnect_peer``."""
+        recorder = Stamped()
+        port = free_port()
+        media = self.sockets.bind(port, recorder, LOCAL)  # a port given, as the gateway's are: it stays bound
+        far, other = self.far.getsockname(), self.other.getsockname()
+        self.other.sendto(b"early", (LOCAL, port))
+        media.connect_peer(far)
+        self.assertIsNone(media.peer)  # the early datagram is still queued: read with its address first
+        self.far.sendto(b"far 1", (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == 2, what="the two datagrams")
+        self.assertEqual(recorder.datagrams, [(b"early", other), (b"far 1", far)])
+        yield wait_for(lambda: media.peer == far, what="the socket known empty of foreign datagrams")
+        self.other.sendto(b"foreign", (LOCAL, port))
+        self.far.sendto(b"far 2", (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == 3, what="the peer's datagram")
+        self.assertEqual(recorder.datagrams[2], (b"far 2", far))
+        media.disconnect_peer()
+        self.assertIsNone(media.peer)
+        self.other.sendto(b"foreign again", (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == 4, what="the foreign datagram")
+        self.assertEqual(recorder.datagrams[3], (b"foreign again", other))
+        self.assertEqual(media.socket.getsockname(), (LOCAL, port))
+        self.assertNotIn(b"foreign", [data for data, _ in recorder.datagrams])
+        # writing to the peer works connected or not
+        media.connect_peer(far)
+        media.write(b"reply", far)
+        self.far.settimeout(10)
+        self.assertEqual(self.far.recvfrom(100), (b"reply", (LOCAL, port)))
+
+    @inlineCallbacks
+    def test_a_wildcard_socket_connects_only_to_receive_on_the_offered_address(self) -> Any:
+        """Bound to 0.0.0.0, a socket that would receive on another address than the one the far end sends to
+        stays unconnected (``OSError``); with that address it connects."""
+        recorder = Stamped()
+        port = free_port()
+        media = self.sockets.bind(port, recorder, "0.0.0.0")
+        far, other = self.far.getsockname(), self.other.getsockname()
+        with self.assertRaises(OSError):
+            media.connect_peer(far, "192.0.2.7")
+        self.assertEqual(media.socket.getsockname(), ("0.0.0.0", port))
+        self.other.sendto(b"anyone", (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == 1, what="a datagram from anyone")
+        self.assertEqual(recorder.datagrams, [(b"anyone", other)])
+        media.connect_peer(far, LOCAL)
+        self.other.sendto(b"foreign", (LOCAL, port))
+        self.far.sendto(b"far", (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == 2, what="the peer's datagram")
+        self.assertEqual(recorder.datagrams[1], (b"far", far))
+
+
+def free_port() -> int:
+    """A UDP port nothing uses now on 127.0.0.1 and 0.0.0.0."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("0.0.0.0", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return int(port)

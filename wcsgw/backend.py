@@ -335,6 +335,8 @@ class CallMedia:
                        crypto=tuple(Crypto.parse(str(line)) for line in self.crypto.get(kind, ())))
             for kind in KINDS
         )
+        for protocol in self.protocols.values():
+            protocol.local_address = address
         self.local_offer = SessionOffer(address=address, media=media, session_id=rng.getrandbits(40),
                                         session_version=0, origin_username="wcsgw")
         outgoing = OutgoingCall(

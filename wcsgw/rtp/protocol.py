@@ -75,6 +75,10 @@ class MediaStreamProtocol:
         self._timer: Any = None
         self._timer_at = 0.0  # when the armed timer fires
         self._stopped = False
+        self._connect_failed: Any = None  # the latched address the RTP socket could not be connected to
+        # the address the far end sends to (our SDP's): a socket bound to the wildcard address may connect to
+        # the far end only if that is the address it would then receive on
+        self.local_address: str | None = None
 
     # --- sockets ----------------------------------------------------------------------------------------------
 
@@ -158,6 +162,7 @@ class MediaStreamProtocol:
     def update_params(self, params: MediaParams) -> None:
         if self.session is not None:
             self.session.update_params(params, self.reactor.seconds())
+            self._follow_latch()
             self._service()
 
     def set_hold(self, on_hold: bool) -> None:
@@ -212,11 +217,31 @@ class MediaStreamProtocol:
             session.deadlines_unchanged = False
         try:
             self._flush()
-            if not session.deadlines_unchanged or self._timer is None:
+            if not session.deadlines_unchanged or self._timer is None:  # not only the fast path ran
                 self._arm_timer(now)
+                self._follow_latch()
         except Exception:
             self.errors += 1
             log.failure("media {channel} service failed", channel=RTP)
+
+    def _follow_latch(self) -> None:
+        """Connect the RTP socket to the far end the session latched (only its datagrams are then read, more
+        cheaply: see ``MediaSockets``), or disconnect it when the session takes any source again."""
+        transport: Any = self.rtp_protocol.transport
+        connect = getattr(transport, "connect_peer", None)
+        if connect is None or self.session is None:
+            return
+        latched = self.session.latched_rtp_address
+        if latched is None:
+            transport.disconnect_peer()
+            return
+        if latched == self._connect_failed:
+            return
+        try:
+            connect(latched, self.local_address)
+        except OSError as exc:  # it keeps working unconnected
+            self._connect_failed = latched
+            log.info("media RTP socket not connected to {addr}: {error}", addr=latched, error=exc)
 
     def _on_timer(self) -> None:
         self._timer = None
