@@ -192,6 +192,16 @@ class AudioTests(EquivalenceMixin, SynchronousTestCase):
         slow = self.check(lambda: make(audio_params()), [(bytes(p), PUBLIC) for p in packets], 2)
         self.assertLess(slow, 3)
 
+    def test_timestamps_stepping_back_in_sequence(self) -> None:
+        """A far end that restarts its timestamps (back, then forward again) without a new SSRC, its sequence
+        numbers running on: the fast path unwraps the steps as the full path does."""
+        packets = self.packets()
+        for index in range(150, 400):
+            packets[index].timestamp = (packets[index].timestamp - 40000) % 2**32
+        for index in range(300, 400):
+            packets[index].timestamp = (packets[index].timestamp + 90000) % 2**32
+        self.check(lambda: make(audio_params()), [(bytes(p), PUBLIC) for p in packets], 5)
+
     def test_impaired_streams(self) -> None:
         for seed in range(12):
             datagrams = _impaired(self.packets(), random.Random(seed), extra_pt=101)

@@ -25,6 +25,7 @@ from .packet import (
     RTCP_MUX_FIRST_SECOND_BYTE,
     RTCP_MUX_LAST_SECOND_BYTE,
     RTP_SEQ_MOD,
+    RTP_TIMESTAMP_MOD,
     RtpPacket,
     TimestampUnwrapper,
 )
@@ -89,6 +90,7 @@ log = Logger()
 COMFORT_NOISE_PT = 13
 _RTP_HEADER = struct.Struct("!BBHII")  # the fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC
 _MAX_STATS = 8
+_HALF_TIMESTAMP_MOD = RTP_TIMESTAMP_MOD // 2
 _MAX_RUN = 1000  # fast-path packets kept before the statistics are brought up to date anyway
 
 
@@ -367,42 +369,68 @@ class MediaStreamSession:
             expected = first_extended % RTP_SEQ_MOD
             if stats.next_in_order() != expected:
                 return index, 0
-        depacketizer = self._depacketizer
-        push = depacketizer.push_payload if depacketizer is not None else None
-        events = self._events
-        unwrap = self._unwrapper.unwrap
         unpack = _RTP_HEADER.unpack_from
         append = run.append
         octets = 0
-        unit_timestamp = -1  # the first packet of the batch is looked after too
         position, end = index, len(datagrams)
         raised = 0
         counters = self.counters
+        depacketizer = self._depacketizer
         try:
-            while position < end:
-                data, addr, arrival = datagrams[position]
-                if addr != latched or len(data) <= 12:
-                    break
-                first, second, sequence, timestamp, packet_ssrc = unpack(data)
-                if first != 0x80 or sequence != expected or packet_ssrc != ssrc or second & 0x7F != media_type:
-                    break
-                position += 1
-                expected = (sequence + 1) % RTP_SEQ_MOD
-                if arrival is None:
-                    arrival = now
-                append((arrival, timestamp))
-                payload = data[12:]
-                octets += len(payload)
-                if push is None:
-                    counters.frames += 1
-                    events.append(AudioFrame(unwrap(timestamp), payload, media_type, arrival))
-                else:
-                    errors = depacketizer.errors  # type: ignore[union-attr]
+            if depacketizer is None:  # audio: a frame per packet
+                events = self._events
+                unwrapper = self._unwrapper
+                last, extended = unwrapper._last, unwrapper._extended  # TimestampUnwrapper.unwrap, written out
+                frames = 0
+                try:
+                    while position < end:
+                        data, addr, arrival = datagrams[position]
+                        if addr != latched or len(data) <= 12:
+                            break
+                        first, second, sequence, timestamp, packet_ssrc = unpack(data)
+                        if first != 0x80 or sequence != expected or packet_ssrc != ssrc or second & 0x7F != media_type:
+                            break
+                        position += 1
+                        expected = (sequence + 1) % RTP_SEQ_MOD
+                        if arrival is None:
+                            arrival = now
+                        append((arrival, timestamp))
+                        payload = data[12:]
+                        octets += len(payload)
+                        if last is None:
+                            extended = timestamp
+                        else:
+                            delta = (timestamp - last) % RTP_TIMESTAMP_MOD
+                            extended += delta - RTP_TIMESTAMP_MOD if delta >= _HALF_TIMESTAMP_MOD else delta
+                        last = timestamp
+                        frames += 1
+                        events.append(AudioFrame(extended, payload, media_type, arrival))
+                finally:
+                    unwrapper._last, unwrapper._extended = last, extended
+                    counters.frames += frames
+            else:
+                push = depacketizer.push_payload
+                unit_timestamp = -1  # the first packet of the batch is looked after too
+                while position < end:
+                    data, addr, arrival = datagrams[position]
+                    if addr != latched or len(data) <= 12:
+                        break
+                    first, second, sequence, timestamp, packet_ssrc = unpack(data)
+                    if first != 0x80 or sequence != expected or packet_ssrc != ssrc or second & 0x7F != media_type:
+                        break
+                    position += 1
+                    expected = (sequence + 1) % RTP_SEQ_MOD
+                    if arrival is None:
+                        arrival = now
+                    append((arrival, timestamp))
+                    payload = data[12:]
+                    octets += len(payload)
+                    errors = depacketizer.errors
                     marker = second > 0x7F
                     frames = push(payload, timestamp, marker)
-                    if depacketizer.errors > errors:  # type: ignore[union-attr]
-                        counters.depacketizer_errors += depacketizer.errors - errors  # type: ignore[union-attr]
-                        log.debug("video payload error: {error}", error=depacketizer.last_error)  # type: ignore
+                    if depacketizer.errors > errors:
+                        counters.depacketizer_errors += depacketizer.errors - errors
+                        log.debug("video payload error: {error}", error=depacketizer.last_error)
                     if frames:
                         self._emit_frames(frames, arrival)
                     # receive_rtp asks for a keyframe when loss broke a unit; that can change only when a unit
@@ -416,7 +444,7 @@ class MediaStreamSession:
                             run = self._run  # the report synced: a new run
                             append = run.append
                         else:
-                            self._broken_seen = depacketizer.dropped_broken  # type: ignore[union-attr]
+                            self._broken_seen = depacketizer.dropped_broken
                     unit_timestamp = timestamp
         except Exception:
             raised = 1
