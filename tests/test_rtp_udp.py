@@ -271,6 +271,14 @@ class ConnectedPeerTests(TestCase):
         self.far.sendto(b"far", (LOCAL, port))
         yield wait_for(lambda: len(recorder.datagrams) == 2, what="the peer's datagram")
         self.assertEqual(recorder.datagrams[1], (b"far", far))
+        # moving to a far end it may not connect to leaves it unconnected, taking every source again
+        with self.assertRaises(OSError):
+            media.connect_peer(other, "192.0.2.7")
+        self.assertIsNone(media.peer)
+        self.assertEqual(media.socket.getsockname(), ("0.0.0.0", port))
+        self.far.sendto(b"far again", (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == 3, what="a datagram from the old far end")
+        self.assertEqual(recorder.datagrams[2], (b"far again", far))
 
 
 def free_port() -> int:
