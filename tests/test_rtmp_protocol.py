@@ -52,17 +52,24 @@ class DirectWriteTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def test_writes_arrive_whole_and_in_order(self) -> Any:
-        """Writes sent at once and writes left to the transport (the socket was full) reach the peer complete and
-        in the order they were made: the handshake, 16 MiB that the socket cannot take at once, then small
-        writes that must queue behind its remainder."""
+    def connected(self, collector: type[Collector]) -> Any:
+        """A protocol connected to a loopback peer that collects what it receives: (received, protocol,
+        listener)."""
         received = bytearray()
-        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Collector(received)), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: collector(received)), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         listener = Listener()
         url = parse("rtmp://127.0.0.1/live")
         protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        return received, protocol, listener
+
+    @inlineCallbacks
+    def test_writes_arrive_whole_and_in_order(self) -> Any:
+        """Writes sent at once and writes left to the transport (the socket was full) reach the peer complete and
+        in the order they were made: the handshake, 16 MiB that the socket cannot take at once, then small
+        writes that must queue behind its remainder."""
+        received, protocol, listener = yield self.connected(Collector)
         sock = protocol.transport.getHandle()
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)  # no Nagle: tags go at once
         handshake = 1 + 1536  # C0 + C1, written at connection
@@ -88,13 +95,7 @@ class DirectWriteTests(TestCase):
     def test_the_writes_of_a_turn_go_in_one_send(self) -> Any:
         """Writes made in one reactor turn are joined into one send at its end, after the earlier ones and in
         order; writes of a later turn go in a later send."""
-        received = bytearray()
-        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Collector(received)), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        listener = Listener()
-        url = parse("rtmp://127.0.0.1/live")
-        protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        received, protocol, listener = yield self.connected(Collector)
         handshake = 1 + 1536
         yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
         turns = write_batch(reactor)
@@ -116,19 +117,13 @@ class DirectWriteTests(TestCase):
     @inlineCallbacks
     def test_close_sends_what_is_queued_first(self) -> Any:
         """``close`` in the turn of a write: the peer still gets the write, then the unpublish, then the end."""
-        received = bytearray()
         ended: Deferred[None] = Deferred()
 
         class Ending(Collector):
             def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
                 ended.callback(None)
 
-        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Ending(received)), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        listener = Listener()
-        url = parse("rtmp://127.0.0.1/live")
-        protocol = RtmpClientProtocol(lambda: RtmpClientSession(url, "s", 0.0, random_bytes=bytes), listener)
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol)
+        received, protocol, listener = yield self.connected(Ending)
         protocol._write(b"last words")
         protocol.close()
         yield ended

@@ -302,17 +302,11 @@ class MediaSockets:
                 if media is None:
                     continue
                 try:
-                    peer = media.peer
-                    if peer is not None and not stamped:
+                    addr = media.peer
+                    if addr is not None and not stamped:  # connected: only the peer's datagrams come
                         data = media.socket.recv(MAX_DATAGRAM)
-                        count += 1
-                        queued = batch.get(media)
-                        if queued is None:
-                            batch[media] = [(data, peer, now)]
-                        else:
-                            queued.append((data, peer, now))
-                        continue
-                    if stamped:
+                        arrival = now
+                    elif stamped:
                         data, ancillary, _flags, addr = media.socket.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
                         # SO_TIMESTAMP is the only control message asked for
                         if ancillary and len(ancillary[0][2]) >= _TIMEVAL.size:
