@@ -14,6 +14,7 @@ RTP_HEADER_LENGTH = 12
 RTP_MAX_CSRC = 15
 RTP_SEQ_MOD = 1 << 16
 RTP_TIMESTAMP_MOD = 1 << 32
+RTP_TIMESTAMP_HALF = RTP_TIMESTAMP_MOD // 2  # a signed distance between timestamps is below this
 
 # RFC 5761 section 4: with rtcp-mux, a second byte (marker bit included) in 192..223 is RTCP (PT 64..95 masked).
 RTCP_MUX_FIRST_SECOND_BYTE = 192

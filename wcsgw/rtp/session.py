@@ -25,6 +25,7 @@ from .packet import (
     RTCP_MUX_FIRST_SECOND_BYTE,
     RTCP_MUX_LAST_SECOND_BYTE,
     RTP_SEQ_MOD,
+    RTP_TIMESTAMP_HALF,
     RTP_TIMESTAMP_MOD,
     RtpPacket,
     TimestampUnwrapper,
@@ -90,7 +91,6 @@ log = Logger()
 COMFORT_NOISE_PT = 13
 _RTP_HEADER = struct.Struct("!BBHII")  # the fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC
 _MAX_STATS = 8
-_HALF_TIMESTAMP_MOD = RTP_TIMESTAMP_MOD // 2
 _MAX_RUN = 1000  # fast-path packets kept before the statistics are brought up to date anyway
 
 
@@ -401,7 +401,7 @@ class MediaStreamSession:
                             extended = timestamp
                         else:
                             delta = (timestamp - last) % RTP_TIMESTAMP_MOD
-                            extended += delta - RTP_TIMESTAMP_MOD if delta >= _HALF_TIMESTAMP_MOD else delta
+                            extended += delta - RTP_TIMESTAMP_MOD if delta >= RTP_TIMESTAMP_HALF else delta
                         last = timestamp
                         frames += 1
                         events.append(AudioFrame(extended, payload, media_type, arrival))

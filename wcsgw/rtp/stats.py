@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .packet import RTP_SEQ_MOD, RtpPacket, fill_ring
+from .packet import RTP_SEQ_MOD, RTP_TIMESTAMP_HALF, RTP_TIMESTAMP_MOD, RtpPacket, fill_ring
 from .rtcp import ReportBlock, RtcpSenderReport, ntp_middle, ntp_to_seconds
 
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 _DUPLICATE_WINDOW = 1024
-_TIMESTAMP_MOD = 1 << 32
-_HALF_TIMESTAMP_MOD = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -134,9 +132,9 @@ class ReceiverStats:
         # interarrival jitter (A.8), inline: this runs for every packet
         transit = int(arrival * self.clock_rate) - packet.timestamp
         if self._transit is not None:
-            d = (transit - self._transit) % _TIMESTAMP_MOD  # modulo 2**32: a timestamp wrap is not a jump
-            if d >= _TIMESTAMP_MOD // 2:
-                d = _TIMESTAMP_MOD - d
+            d = (transit - self._transit) % RTP_TIMESTAMP_MOD  # modulo 2**32: a timestamp wrap is not a jump
+            if d >= RTP_TIMESTAMP_HALF:
+                d = RTP_TIMESTAMP_MOD - d
             self._jitter += (d - self._jitter) / 16.0
         self._transit = transit
 
@@ -163,10 +161,10 @@ class ReceiverStats:
             d = transit - previous
             if d < 0:
                 d = -d
-            if d >= _HALF_TIMESTAMP_MOD:  # a timestamp wrap between the two: modulo 2**32, as on_packet does
-                d = (transit - previous) % _TIMESTAMP_MOD
-                if d >= _HALF_TIMESTAMP_MOD:
-                    d = _TIMESTAMP_MOD - d
+            if d >= RTP_TIMESTAMP_HALF:  # a timestamp wrap between the two: modulo 2**32, as on_packet does
+                d = (transit - previous) % RTP_TIMESTAMP_MOD
+                if d >= RTP_TIMESTAMP_HALF:
+                    d = RTP_TIMESTAMP_MOD - d
             jitter += (d - jitter) / 16.0
             previous = transit
         self._jitter = jitter
