@@ -161,7 +161,12 @@ class H264Depacketizer:
         self._gap = False
         self._timestamp: int | None = None
         self._nals: list[bytes] = []
-        self._fu: bytearray | None = None
+        # The NAL unit being put together from FU-A fragments.  A caller that knows a packet is the next one in
+        # sequence, with no loss since the last push, the same timestamp as the packet before it and no marker,
+        # and that it is an FU-A fragment of this NAL unit that neither starts nor ends it, may append its
+        # fragment (the payload after the two FU bytes) here instead of calling ``push_payload``: that is all
+        # ``push_payload`` would do with it (the session's in-order fast path does, for most video packets).
+        self.fragment: bytearray | None = None
         self._broken = False
 
     @property
@@ -171,7 +176,7 @@ class H264Depacketizer:
 
     def reset(self) -> None:
         """Forget the unit in progress (the stream restarted); keep known SPS/PPS."""
-        if self._nals or self._fu is not None:
+        if self._nals or self.fragment is not None:
             self.dropped_broken += 1
         self._clear_unit()
         self._gap = False
@@ -205,7 +210,7 @@ class H264Depacketizer:
         elif self._gap:
             self._broken = True
         self._gap = False
-        fu = self._fu
+        fu = self.fragment
         if fu is not None and len(payload) > 2 and payload[0] & 0x1F == NAL_TYPE_FU_A and not payload[1] & 0xC0 \
                 and fu[0] & 0x1F == payload[1] & 0x1F:
             fu += payload[2:]  # the usual packet: the middle of a fragmented NAL unit
@@ -230,7 +235,7 @@ class H264Depacketizer:
     def _clear_unit(self) -> None:
         self._timestamp = None
         self._nals = []
-        self._fu = None
+        self.fragment = None
         self._broken = False
 
     def _depacketize(self, payload: bytes) -> None:
@@ -240,8 +245,8 @@ class H264Depacketizer:
         if kind == NAL_TYPE_FU_A:
             self._fragment(payload)
             return
-        if self._fu is not None:
-            self._fu = None
+        if self.fragment is not None:
+            self.fragment = None
             raise ValueError("H.264 fragmented NAL unit ended without its end fragment")
         if kind == NAL_TYPE_STAP_A:
             self._nals.extend(unpack_stap_a(payload))
@@ -256,20 +261,20 @@ class H264Depacketizer:
         indicator, header = payload[0], payload[1]
         start, end = bool(header & 0x80), bool(header & 0x40)
         if start:
-            if self._fu is not None:
-                self._fu = None
+            if self.fragment is not None:
+                self.fragment = None
                 raise ValueError("FU-A start fragment arrived before the previous NAL unit ended")
-            self._fu = bytearray([(indicator & 0xE0) | (header & 0x1F)])
-        elif self._fu is None:
+            self.fragment = bytearray([(indicator & 0xE0) | (header & 0x1F)])
+        elif self.fragment is None:
             raise ValueError("FU-A fragment without its start fragment")
-        elif self._fu[0] & 0x1F != header & 0x1F:
-            self._fu = None
+        elif self.fragment[0] & 0x1F != header & 0x1F:
+            self.fragment = None
             raise ValueError("FU-A fragment NAL type differs from its start fragment")
-        self._fu += payload[2:]
+        self.fragment += payload[2:]
         # RFC 6184 forbids start and end in one FU-A; we accept it as a whole NAL unit (lenient receiver)
         if end:
-            self._nals.append(bytes(self._fu))
-            self._fu = None
+            self._nals.append(bytes(self.fragment))
+            self.fragment = None
 
     def _learn(self, nal: bytes) -> None:
         kind = nal_type(nal)
@@ -280,7 +285,7 @@ class H264Depacketizer:
 
     def _finish(self, out: list[AccessUnit]) -> None:
         nals, broken, timestamp = self._nals, self._broken, self._timestamp
-        if self._fu is not None:
+        if self.fragment is not None:
             broken = True
         self._clear_unit()
         if timestamp is None or (not nals and not broken):

@@ -410,6 +410,7 @@ class MediaStreamSession:
                     counters.frames += frames
             else:
                 push = depacketizer.push_payload
+                h264 = type(depacketizer) is H264Depacketizer
                 unit_timestamp = -1  # the first packet of the batch is looked after too
                 while position < end:
                     data, addr, arrival = datagrams[position]
@@ -423,10 +424,20 @@ class MediaStreamSession:
                     if arrival is None:
                         arrival = now
                     append((arrival, timestamp))
+                    marker = second > 0x7F
+                    if timestamp == unit_timestamp and not marker and h264:
+                        # The middle of an H.264 NAL unit fragmented with FU-A (most video packets): the packet
+                        # before it, in this loop, was of the same unit, so appending the fragment is all that
+                        # push_payload would do (see H264Depacketizer.fragment), and no unit ends here.
+                        fragment = depacketizer.fragment  # type: ignore[union-attr]
+                        if (fragment is not None and len(data) > 14 and data[12] & 0x1F == 28
+                                and not data[13] & 0xC0 and fragment[0] & 0x1F == data[13] & 0x1F):
+                            octets += len(data) - 12
+                            fragment += memoryview(data)[14:]
+                            continue
                     payload = data[12:]
                     octets += len(payload)
                     errors = depacketizer.errors
-                    marker = second > 0x7F
                     frames = push(payload, timestamp, marker)
                     if depacketizer.errors > errors:
                         counters.depacketizer_errors += depacketizer.errors - errors
