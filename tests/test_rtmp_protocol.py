@@ -74,7 +74,7 @@ class DirectWriteTests(TestCase):
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)  # no Nagle: tags go at once
         handshake = 1 + 1536  # C0 + C1, written at connection
         big = bytes(range(256)) * (16 * 4096)
-        protocol._write(big)
+        protocol._write([big])
         self.assertIs(protocol._queued[-1], big, "a write waits for the end of the reactor turn")
         self.assertFalse(protocol.transport.dataBuffer or protocol.transport._tempDataBuffer)
         yield deferLater(reactor, 0, lambda: None)
@@ -82,7 +82,7 @@ class DirectWriteTests(TestCase):
         self.assertTrue(protocol.transport.dataBuffer or protocol.transport._tempDataBuffer,
                         "16 MiB should not fit the socket at once")
         for n in range(100):
-            protocol._write(b"%05d" % n)
+            protocol._write([b"%05d" % n])
         expected = handshake + len(big) + 500
         yield wait_for(lambda: len(received) >= expected, what="every byte at the peer", timeout=30)
         self.assertEqual(len(received), expected)
@@ -100,13 +100,12 @@ class DirectWriteTests(TestCase):
         yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
         turns = write_batch(reactor)
         sends = turns.batches
-        protocol._write(b"one,")
-        protocol._write(b"two,")
-        protocol._write(b"three,")
+        protocol._write([b"one,", memoryview(b"xtwo,")[1:]])  # pieces: bytes and views of media payloads
+        protocol._write([b"three,"])
         self.assertEqual(len(received), handshake)
         yield deferLater(reactor, 0, lambda: None)
         self.assertEqual(turns.batches, sends + 1)
-        protocol._write(b"four")
+        protocol._write([b"four"])
         yield wait_for(lambda: len(received) >= handshake + 18, what="every byte at the peer", timeout=30)
         self.assertEqual(turns.batches, sends + 2)
         self.assertGreater(turns.cpu, 0.0)
@@ -124,7 +123,7 @@ class DirectWriteTests(TestCase):
                 ended.callback(None)
 
         received, protocol, listener = yield self.connected(Ending)
-        protocol._write(b"last words")
+        protocol._write([b"last words"])
         protocol.close()
         yield ended
         self.assertEqual(bytes(received[1 + 1536:]), b"last words")

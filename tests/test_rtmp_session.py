@@ -333,6 +333,27 @@ class MediaTests(SynchronousTestCase):
                          [body for n in range(5) for body in (bytes([n]) * (1000 + n * 3000), b"\xaf\x01" + bytes(200))])
         self.assertEqual(self.server.commands[-1][0], "deleteStream")
 
+    def test_take_output_gives_the_pieces_without_copying_media(self) -> None:
+        """``take_output``: the pieces, joined, are the bytes ``data_to_send`` would give, their size is
+        ``pending_bytes`` and goes into ``bytes_sent``; a media payload is the tag's body or a view of it."""
+        self.session.data_to_send()
+        body = bytes(range(256)) * 40  # three chunks of 4096
+        small = b"\xaf\x01" + bytes(100)
+        self.session.send_tag(FlvTag(TagType.VIDEO, 40, body))
+        self.session.send_tag(FlvTag(TagType.AUDIO, 40, small))
+        queued, sent = self.session.pending_bytes, self.session.bytes_sent
+        pieces, size = self.session.take_output()
+        self.assertEqual((size, self.session.pending_bytes, self.session.bytes_sent), (queued, 0, sent + queued))
+        self.assertEqual(sum(len(piece) for piece in pieces), size)
+        self.assertTrue(any(piece is small for piece in pieces))
+        views = [piece for piece in pieces if isinstance(piece, memoryview)]
+        self.assertEqual(len(views), 3)
+        self.assertTrue(all(view.obj is body for view in views))
+        before = len(self.server.media())
+        self.server.receive(b"".join(pieces))
+        self.assertEqual([m.payload for m in self.server.media()[before:]], [body, small])
+        self.assertEqual(self.session.take_output(), ([], 0))
+
 
 class MalformedInputTests(SynchronousTestCase):
     def test_bad_handshake_version(self) -> None:

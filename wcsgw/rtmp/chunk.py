@@ -126,13 +126,9 @@ def _basic_header(fmt: int, csid: int) -> bytes:
     return bytes([(fmt << 6) | 1, (csid - 64) & 0xFF, (csid - 64) >> 8])
 
 
-@dataclasses.dataclass
-class _SentHeader:
-    stream_id: int
-    length: int
-    type_id: int
-    timestamp: int
-    delta: int | None  # None after fmt 0: the next message never reuses it with fmt 3
+def _basic_headers(csid: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """The basic headers of chunk stream ``csid`` for chunk formats 0 to 3."""
+    return (_basic_header(0, csid), _basic_header(1, csid), _basic_header(2, csid), _basic_header(3, csid))
 
 
 class ChunkEncoder:
@@ -141,7 +137,10 @@ class ChunkEncoder:
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         _check_chunk_size(chunk_size)
         self._chunk_size = chunk_size
-        self._last: dict[int, _SentHeader] = {}
+        # per chunk stream: (stream id, length, type id, timestamp, delta) of the last message sent, the delta None
+        # after a type 0 header (the next message never reuses it with type 3), and the stream's basic headers
+        self._last: dict[int, tuple[int, int, int, int, int | None]] = {}
+        self._basic: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
 
     @property
     def chunk_size(self) -> int:
@@ -154,13 +153,13 @@ class ChunkEncoder:
         return encoded
 
     def encode(self, message: RtmpMessage) -> bytes:
-        pieces, _size = self._pieces(message.chunk_stream_id, message.type_id, message.timestamp,
+        pieces, _size = self.pieces(message.chunk_stream_id, message.type_id, message.timestamp,
                                      message.stream_id, message.payload)
         return b"".join(pieces)
 
     def chunks(self, message: RtmpMessage) -> list[bytes]:
         """The chunks of one message, in order (they may be interleaved with other streams' chunks)."""
-        pieces, _size = self._pieces(message.chunk_stream_id, message.type_id, message.timestamp,
+        pieces, _size = self.pieces(message.chunk_stream_id, message.type_id, message.timestamp,
                                      message.stream_id, message.payload)
         return [b"".join(pieces[n:n + 2]) for n in range(0, len(pieces), 2)]
 
@@ -181,41 +180,46 @@ class ChunkEncoder:
             raise ValueError(f"bad timestamp {timestamp} or stream id {stream_id}")
         if len(payload) > MAX_MESSAGE_LENGTH:
             raise ValueError(f"message of {len(payload)} bytes exceeds 16777215 bytes")
-        return self._pieces(chunk_stream_id, type_id, timestamp, stream_id, payload)
+        return self.pieces(chunk_stream_id, type_id, timestamp, stream_id, payload)
 
-    def _pieces(self, csid: int, type_id: int, ts: int, stream_id: int, payload: bytes
+    def pieces(self, csid: int, type_id: int, ts: int, stream_id: int, payload: bytes
                 ) -> tuple[list[bytes | memoryview], int]:
-        """The chunk headers of a message, each followed by its part of the payload, and their size in all."""
-        length = len(payload)
-        prev = self._last.get(csid)
-        if prev is None or prev.stream_id != stream_id or ts < prev.timestamp:
-            fmt, field, delta = 0, ts, None
-            header = _TIMESTAMP_LENGTH_TYPE.pack(min(field, EXTENDED_TIMESTAMP) << 8 | length >> 16,
-                                                 length & 0xFFFF, type_id) + _STREAM_ID.pack(stream_id)
-        else:
-            delta = ts - prev.timestamp
-            field = delta
-            if prev.length != length or prev.type_id != type_id:
-                fmt = 1
-                header = _TIMESTAMP_LENGTH_TYPE.pack(min(field, EXTENDED_TIMESTAMP) << 8 | length >> 16,
-                                                     length & 0xFFFF, type_id)
-            elif prev.delta == delta and delta < EXTENDED_TIMESTAMP:
-                fmt, header = 3, b""
-            else:
-                fmt = 2
-                header = _TIMESTAMP.pack(min(field, EXTENDED_TIMESTAMP))[1:]
-        extended = b""
-        if fmt != 3 and field >= EXTENDED_TIMESTAMP:
-            extended = _TIMESTAMP.pack(field)
-        self._last[csid] = _SentHeader(stream_id, length, type_id, ts, delta)
+        """The chunk headers of a message, each followed by its part of the payload, and their size in all; the
+        fields are not checked (``media_chunks`` checks them).
 
+        This runs for every audio and video frame: the usual headers (types 1 to 3) take the shortest way."""
+        length = len(payload)
+        basic = self._basic.get(csid)
+        if basic is None:
+            basic = self._basic[csid] = _basic_headers(csid)
+        prev = self._last.get(csid)
+        extended = b""
+        if prev is None or prev[0] != stream_id or ts < prev[3]:
+            delta = None
+            if ts >= EXTENDED_TIMESTAMP:
+                extended = _TIMESTAMP.pack(ts)
+            first = basic[0] + _TIMESTAMP_LENGTH_TYPE.pack(min(ts, EXTENDED_TIMESTAMP) << 8 | length >> 16,
+                                                          length & 0xFFFF, type_id) + _STREAM_ID.pack(stream_id)
+        else:
+            delta = ts - prev[3]
+            if delta >= EXTENDED_TIMESTAMP:
+                extended = _TIMESTAMP.pack(delta)
+            if prev[1] != length or prev[2] != type_id:
+                first = basic[1] + _TIMESTAMP_LENGTH_TYPE.pack(min(delta, EXTENDED_TIMESTAMP) << 8 | length >> 16,
+                                                              length & 0xFFFF, type_id)
+            elif prev[4] == delta and not extended:
+                first = basic[3]
+            else:
+                first = basic[2] + _TIMESTAMP.pack(min(delta, EXTENDED_TIMESTAMP))[1:]
+        self._last[csid] = (stream_id, length, type_id, ts, delta)
+        if extended:
+            first += extended
         size = self._chunk_size
-        first = _basic_header(fmt, csid) + header + extended
         if length <= size:
             return [first, payload], len(first) + length
         view = memoryview(payload)
         out: list[bytes | memoryview] = [first, view[:size]]
-        continuation = _basic_header(3, csid) + extended
+        continuation = basic[3] + extended
         for start in range(size, length, size):
             out.append(continuation)
             out.append(view[start:start + size])

@@ -57,7 +57,8 @@ class RtmpClientProtocol(Protocol):
         self._producing = False
         self.bytes_written = 0
         self.received_errors = 0
-        self._queued: list[bytes] = []  # direct writes of this reactor turn, sent at its end (see _write)
+        # what this reactor turn wrote (bytes, and views of media payloads), sent at its end (see _write)
+        self._queued: list[bytes | memoryview] = []
 
     @property
     def buffered_bytes(self) -> int:
@@ -118,15 +119,16 @@ class RtmpClientProtocol(Protocol):
 
     def flush(self, force: bool = False) -> None:
         """Write what the session has queued, unless the transport asked us to pause."""
-        if self.session is None or self.transport is None or (self.paused and not force):
+        session = self.session
+        if session is None or self.transport is None or (self.paused and not force):
             return
-        data = self.session.data_to_send()
-        if data:
-            self.bytes_written += len(data)
-            self._listener.rtmp_bytes_written(len(data))
-            self._write(data)
+        pieces, size = session.take_output()
+        if size:
+            self.bytes_written += size
+            self._listener.rtmp_bytes_written(size)
+            self._write(pieces)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
         """Write ``data`` after what was written before, at the end of this reactor turn.
 
         On a plain TCP connection the writes of a turn are joined and sent with one ``send`` when the turn's
@@ -136,13 +138,13 @@ class RtmpClientProtocol(Protocol):
         once with ``transport.write``."""
         queued = self._queued
         if queued:
-            queued.append(data)
+            queued += pieces
             return
         transport: Any = self.transport
         if not isinstance(transport, tcp.Connection):
-            transport.write(data)
+            transport.write(b"".join(pieces))
             return
-        queued.append(data)
+        queued += pieces
         write_batch(transport.reactor).add(self)
 
     def _send_queued(self) -> None:
@@ -156,7 +158,7 @@ class RtmpClientProtocol(Protocol):
         queued = self._queued
         if not queued:
             return
-        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        data = queued[0] if len(queued) == 1 and type(queued[0]) is bytes else b"".join(queued)
         self._queued = []
         transport: Any = self.transport
         if transport is None:

@@ -187,14 +187,22 @@ class RtmpClientSession:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the server since the last call."""
-        out = self._out
+        out, size = self.take_output()
         if not out:
             return b""
-        data = out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
+        return out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)  # type: ignore[return-value]
+
+    def take_output(self) -> tuple[list[bytes | memoryview], int]:
+        """``data_to_send`` as pieces to be written one after the other (media payloads are views of the tags'
+        bodies, not copies), and their size in all."""
+        out = self._out
+        if not out:
+            return out, 0
+        size = self._out_bytes
         self._out = []
         self._out_bytes = 0
-        self.bytes_sent += len(data)
-        return data  # type: ignore[return-value]
+        self.bytes_sent += size
+        return out, size
 
     @property
     def pending_bytes(self) -> int:
@@ -258,7 +266,10 @@ class RtmpClientSession:
         tag_type = tag.tag_type
         csid = CSID_VIDEO if tag_type == TagType.VIDEO else CSID_AUDIO if tag_type == TagType.AUDIO else CSID_STREAM
         ts = tag.timestamp_ms if timestamp_ms is None else timestamp_ms
-        pieces, size = self._encoder.media_chunks(csid, int(tag_type), ts, self.stream_id, tag.body)
+        if not 0 <= ts <= 0xFFFFFFFF:
+            raise ValueError(f"bad timestamp {ts}")
+        # the other fields are valid by construction (chunk stream ids, FLV tag types, a 16 MB body at most)
+        pieces, size = self._encoder.pieces(csid, tag_type, ts, self.stream_id, tag.body)
         self._out += pieces
         self._out_bytes += size
 
