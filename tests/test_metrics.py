@@ -12,10 +12,12 @@ class HistogramTests(SynchronousTestCase):
     def test_cumulative_buckets_sum_and_count(self) -> None:
         """Buckets are cumulative in the text format, +Inf counts everything, sum and count follow."""
         histogram = Histogram((0.1, 1.0))
-        for value in (0.05, 0.5, 0.7, 3.0):
+        for value in (0.05, 0.5, 0.7, 3.0, 0.1, 1.0):  # a value on a bound counts in its bucket (le)
             histogram.observe(value)
         self.assertEqual(histogram.lines("x"), [
-            'x_bucket{le="0.1"} 1', 'x_bucket{le="1"} 3', 'x_bucket{le="+Inf"} 4', "x_sum 4.250000", "x_count 4"])
+            'x_bucket{le="0.1"} 2', 'x_bucket{le="1"} 5', 'x_bucket{le="+Inf"} 6', "x_sum 5.350000", "x_count 6"])
+        with self.assertRaises(ValueError):
+            Histogram((1.0, 0.1))
 
     def test_labels(self) -> None:
         """Labels go on every sample, before le on the buckets."""

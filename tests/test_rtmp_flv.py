@@ -143,6 +143,24 @@ class AvcTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             avc_video_tag(0, [b"\x65"], keyframe=True, composition_time_ms=1 << 23)
 
+    def test_media_tags_are_checked_tags(self) -> None:
+        """The video and AAC builders make the tag ``FlvTag`` would (an enum type, both flags), and refuse what it
+        refuses: a timestamp outside 32 bits, a body over 16 MiB."""
+        for keyframe in (False, True):
+            tag = avc_video_tag(40, [b"\x65\x01"], keyframe)
+            self.assertEqual(tag, FlvTag(TagType.VIDEO, 40, tag.body, keyframe))
+            self.assertIs(type(tag.tag_type), TagType)
+            self.assertEqual((tag.is_keyframe, tag.is_sequence_header), (keyframe, False))
+        audio = aac_audio_tag(23, b"\x21\x00")
+        self.assertEqual(audio, FlvTag(TagType.AUDIO, 23, b"\xaf\x01\x21\x00"))
+        for timestamp in (-1, 1 << 32):
+            with self.assertRaises(ValueError):
+                avc_video_tag(timestamp, [b"\x65"], keyframe=True)
+            with self.assertRaises(ValueError):
+                aac_audio_tag(timestamp, b"\x21")
+        with self.assertRaises(ValueError):
+            avc_video_tag(0, [bytes(0x1000000)], keyframe=True)
+
     def test_end_of_sequence(self) -> None:
         """The end-of-sequence tag is AVCPacketType 2."""
         self.assertEqual(avc_end_of_sequence_tag(5).body, b"\x17\x02\x00\x00\x00")

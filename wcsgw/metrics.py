@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ class Histogram:
 
     def __init__(self, buckets: Sequence[float], window: int = 10000) -> None:
         self.buckets = tuple(buckets)
+        if list(self.buckets) != sorted(self.buckets):
+            raise ValueError(f"histogram buckets must be in increasing order: {self.buckets}")
         self.counts = [0] * len(self.buckets)
         self.sum = 0.0
         self.count = 0
@@ -35,10 +38,9 @@ class Histogram:
         self.sum += value
         self.count += 1
         self._recent.append(value)
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[index] += 1
-                break
+        index = bisect_left(self.buckets, value)  # the first bucket whose bound is not below the value
+        if index < len(self.counts):
+            self.counts[index] += 1
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile of the recent samples (nearest rank), or None without samples."""

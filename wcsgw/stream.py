@@ -121,6 +121,7 @@ class CallStream:
         self.stats = StreamStats()
         self.clock = MediaClock()
         self._destinations: dict[str, Any] = {}
+        self._publishers: tuple[Any, ...] = ()  # the destinations' publishers, what each tag goes to
         self._metadata: FlvTag | None = None
         self._video_header: FlvTag | None = None
         self._audio_header: FlvTag | None = None
@@ -226,6 +227,7 @@ class CallStream:
             reconnect_delays=options.reconnect_delays, connect_timeout=options.connect_timeout,
             max_buffered_bytes=options.max_buffered_bytes)
         self._destinations[key] = publisher
+        self._publishers = tuple(self._destinations.values())
         for header in (self._metadata, self._video_header, self._audio_header):
             if header is not None:
                 publisher.write(header)
@@ -234,6 +236,7 @@ class CallStream:
 
     def remove_destination(self, key: str) -> Deferred[None]:
         publisher = self._destinations.pop(key, None)
+        self._publishers = tuple(self._destinations.values())
         if publisher is None:
             d: Deferred[None] = Deferred()
             d.callback(None)
@@ -412,7 +415,7 @@ class CallStream:
     def _emit(self, tag: FlvTag, arrival: float = 0.0) -> None:
         self.stats.tags_out += 1
         active = False
-        for publisher in list(self._destinations.values()):  # a copy: a write may end a destination
+        for publisher in self._publishers:  # a tuple: a write may end a destination
             publisher.write(tag)
             if not active and getattr(publisher, "active", False):
                 active = True
