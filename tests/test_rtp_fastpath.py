@@ -171,6 +171,27 @@ class H264Tests(EquivalenceMixin, SynchronousTestCase):
         self.assertGreater(self.continued, 100)
 
 
+    def test_odd_fu_a_fragments(self) -> None:
+        """FU-A middle fragments the fast path must not simply append: an empty one (an error), one with another
+        NAL type or NRI, one with the start or end bit, a reserved bit set."""
+        packets = self.packets(repeat=3)
+        middles = [index for index, p in enumerate(packets)
+                   if p.payload[0] & 0x1F == 28 and not p.payload[1] & 0xC0 and not p.marker]
+        self.assertGreater(len(middles), 12)
+        changes = [
+            lambda payload: payload[:2],  # no fragment bytes
+            lambda payload: bytes((payload[0], (payload[1] & 0xE0) | ((payload[1] + 1) & 0x1F))) + payload[2:],
+            lambda payload: bytes((payload[0] ^ 0x20,)) + payload[1:],  # another NRI
+            lambda payload: bytes((payload[0], payload[1] | 0x80)) + payload[2:],  # a start in the middle
+            lambda payload: bytes((payload[0], payload[1] | 0x40)) + payload[2:],  # an early end
+            lambda payload: bytes((payload[0], payload[1] | 0x20)) + payload[2:],  # the reserved bit
+        ]
+        for number, index in enumerate(middles[2::2][:2 * len(changes)]):
+            packets[index] = replace(packets[index], payload=changes[number % len(changes)](packets[index].payload))
+        for seed in range(4):
+            self.check(lambda: make(video_params(remote_pli=True)), [(bytes(p), PUBLIC) for p in packets], seed)
+
+
 class Vp8Tests(EquivalenceMixin, SynchronousTestCase):
     def test_impaired_streams(self) -> None:
         base = load_fixture("vp8_160x120.rtp")

@@ -89,7 +89,8 @@ __all__ = [
 log = Logger()
 
 COMFORT_NOISE_PT = 13
-_RTP_HEADER = struct.Struct("!BBHII")  # the fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC
+# the fixed header: V/P/X/CC and M/PT as one number, sequence number, timestamp, SSRC
+_RTP_WORDS = struct.Struct("!HHII")
 _MAX_STATS = 8
 _MAX_RUN = 1000  # fast-path packets kept before the statistics are brought up to date anyway
 
@@ -369,7 +370,6 @@ class MediaStreamSession:
             expected = first_extended % RTP_SEQ_MOD
             if stats.next_in_order() != expected:
                 return index, 0
-        unpack = _RTP_HEADER.unpack_from
         append = run.append
         octets = 0
         position, end = index, len(datagrams)
@@ -382,16 +382,18 @@ class MediaStreamSession:
                 unwrapper = self._unwrapper
                 last, extended = unwrapper._last, unwrapper._extended  # TimestampUnwrapper.unwrap, written out
                 frames = 0
+                unpack_words = _RTP_WORDS.unpack_from
+                first_word = 0x8000 | media_type  # V=2, no padding, extension or CSRC, the media's type
                 try:
                     while position < end:
                         data, addr, arrival = datagrams[position]
                         if addr != latched or len(data) <= 12:
                             break
-                        first, second, sequence, timestamp, packet_ssrc = unpack(data)
-                        if first != 0x80 or sequence != expected or packet_ssrc != ssrc or second & 0x7F != media_type:
+                        flags, sequence, timestamp, packet_ssrc = unpack_words(data)
+                        if flags & 0xFF7F != first_word or sequence != expected or packet_ssrc != ssrc:
                             break
                         position += 1
-                        expected = (sequence + 1) % RTP_SEQ_MOD
+                        expected = (sequence + 1) & 0xFFFF
                         if arrival is None:
                             arrival = now
                         append((arrival, timestamp))
@@ -411,30 +413,38 @@ class MediaStreamSession:
             else:
                 push = depacketizer.push_payload
                 h264 = type(depacketizer) is H264Depacketizer
+                unpack_words = _RTP_WORDS.unpack_from
+                first_word = 0x8000 | media_type  # V=2, no padding, extension or CSRC, no marker, the media's type
                 unit_timestamp = -1  # the first packet of the batch is looked after too
+                middle_of: bytearray | None = None  # the fragment whose FU bytes ``middle`` are
+                middle = b""
                 while position < end:
                     data, addr, arrival = datagrams[position]
                     if addr != latched or len(data) <= 12:
                         break
-                    first, second, sequence, timestamp, packet_ssrc = unpack(data)
-                    if first != 0x80 or sequence != expected or packet_ssrc != ssrc or second & 0x7F != media_type:
+                    flags, sequence, timestamp, packet_ssrc = unpack_words(data)
+                    if flags & 0xFF7F != first_word or sequence != expected or packet_ssrc != ssrc:
                         break
                     position += 1
-                    expected = (sequence + 1) % RTP_SEQ_MOD
+                    expected = (sequence + 1) & 0xFFFF
                     if arrival is None:
                         arrival = now
                     append((arrival, timestamp))
-                    marker = second > 0x7F
-                    if timestamp == unit_timestamp and not marker and h264:
+                    if timestamp == unit_timestamp and flags < 0x8080 and h264:  # no marker
                         # The middle of an H.264 NAL unit fragmented with FU-A (most video packets): the packet
                         # before it, in this loop, was of the same unit, so appending the fragment is all that
-                        # push_payload would do (see H264Depacketizer.fragment), and no unit ends here.
+                        # push_payload would do (see H264Depacketizer.fragment), and no unit ends here.  The FU
+                        # indicator and header of a middle fragment are the same for every one of a NAL unit.
                         fragment = depacketizer.fragment  # type: ignore[union-attr]
-                        if (fragment is not None and len(data) > 14 and data[12] & 0x1F == 28
-                                and not data[13] & 0xC0 and fragment[0] & 0x1F == data[13] & 0x1F):
-                            octets += len(data) - 12
-                            fragment += memoryview(data)[14:]
-                            continue
+                        if fragment is not None:
+                            if fragment is not middle_of:
+                                middle_of = fragment
+                                middle = bytes(((fragment[0] & 0xE0) | 28, fragment[0] & 0x1F))
+                            if data[12:14] == middle and len(data) > 14:
+                                octets += len(data) - 12
+                                fragment += memoryview(data)[14:]
+                                continue
+                    marker = flags >= 0x8080
                     payload = data[12:]
                     octets += len(payload)
                     errors = depacketizer.errors
