@@ -48,6 +48,7 @@ AAC_RAW: Final = 1
 _AAC_FLAGS: Final = (SOUND_FORMAT_AAC << 4) | (3 << 2) | (1 << 1) | 1  # spec: always 44 kHz, 16 bit, stereo
 _G711_RATE_SIZE_TYPE: Final = (0 << 2) | (1 << 1) | 0  # 8 kHz is implied by the format; 16 bit; mono
 _SPEEX_FLAGS: Final = (SOUND_FORMAT_SPEEX << 4) | (0 << 2) | (1 << 1) | 0  # spec: rate 0, 16 bit, mono
+_AAC_RAW_HEADER: Final = bytes((_AAC_FLAGS, AAC_RAW))  # the first two bytes of every AAC frame's tag
 
 NAL_TYPE_SPS: Final = 7
 NAL_TYPE_PPS: Final = 8
@@ -153,6 +154,13 @@ def avc_sequence_header_tag(
     return FlvTag(TagType.VIDEO, timestamp_ms, body, is_keyframe=True, is_sequence_header=True)
 
 
+_new_tag = object.__new__
+# The first five bytes of AVC NALU video tags without a composition time offset, by keyframe.
+_AVC_NALU_HEADERS = {
+    keyframe: bytes((((FRAME_TYPE_KEY if keyframe else FRAME_TYPE_INTER) << 4) | CODEC_ID_AVC, AVC_NALU, 0, 0, 0))
+    for keyframe in (False, True)}
+
+
 def _media_tag(tag_type: TagType, timestamp_ms: int, body: bytes, keyframe: bool) -> FlvTag:
     """The tag of a builder below, which made its type and body itself: ``FlvTag``'s checks, in fewer steps (one
     tag is made per frame)."""
@@ -165,13 +173,6 @@ def _media_tag(tag_type: TagType, timestamp_ms: int, body: bytes, keyframe: bool
     tag.is_keyframe = keyframe
     tag.is_sequence_header = False
     return tag
-
-
-_new_tag = object.__new__
-# The first five bytes of AVC NALU video tags without a composition time offset, by keyframe.
-_AVC_NALU_HEADERS = {
-    keyframe: bytes((((FRAME_TYPE_KEY if keyframe else FRAME_TYPE_INTER) << 4) | CODEC_ID_AVC, AVC_NALU, 0, 0, 0))
-    for keyframe in (False, True)}
 
 
 def avc_video_tag(
@@ -219,9 +220,6 @@ def aac_audio_tag(timestamp_ms: int, raw_aac_frame: bytes) -> FlvTag:
     if raw_aac_frame[:2] == b"\xff\xf1" or raw_aac_frame[:2] == b"\xff\xf9":
         raise ValueError("AAC frame starts with an ADTS header; FLV carries raw frames")
     return _media_tag(TagType.AUDIO, timestamp_ms, _AAC_RAW_HEADER + raw_aac_frame, False)
-
-
-_AAC_RAW_HEADER = bytes((_AAC_FLAGS, AAC_RAW))
 
 
 def g711_audio_tag(timestamp_ms: int, payload: bytes, *, mu_law: bool) -> FlvTag:
