@@ -129,7 +129,8 @@ class RtmpClientProtocol(Protocol):
             self._write(pieces)
 
     def _write(self, pieces: list[bytes | memoryview]) -> None:
-        """Write ``data`` after what was written before, at the end of this reactor turn.
+        """Write ``pieces`` (bytes, and views of media payloads) after what was written before, at the end of this
+        reactor turn.
 
         On a plain TCP connection the writes of a turn are joined and sent with one ``send`` when the turn's
         work is done (``_send_queued``), so the system calls of a turn come together after its Python work

@@ -187,7 +187,7 @@ class RtmpClientSession:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the server since the last call."""
-        out, size = self.take_output()
+        out, _size = self.take_output()
         if not out:
             return b""
         return out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)  # type: ignore[return-value]
