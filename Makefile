@@ -1,8 +1,9 @@
 # wcsgw: `make run` starts the gateway with its embedded defaults; `make test` installs everything and runs the suite.
 
 # The interpreter the venv is made from: Debian's python3.11 when the machine has it, else the first python3 on the
-# PATH.  Debian builds it with profile-guided and link-time optimisation; the gateway's per-packet work ran 17-25 %
-# faster on it than on a plain source build of 3.11 (pyenv's default), measured with bench/pipeline.py.
+# PATH.  Debian's is linked statically and built with profile-guided and link-time optimisation; the gateway's
+# per-packet work ran 17-25 % faster on it than on a plain shared-library build of 3.11 (pyenv's default here),
+# measured with bench/pipeline.py.
 PYTHON ?= $(shell [ -x /usr/bin/python3.11 ] && echo /usr/bin/python3.11 || echo python3)
 VENV ?= .venv
 ARGS ?=
