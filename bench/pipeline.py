@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.pipeline                 # 30 s of the bench's media, cost per packet
     .venv/bin/python -m bench.pipeline --profile 25    # and the 25 costliest functions (cProfile)
     .venv/bin/python -m bench.pipeline --calls 10      # ten calls side by side
+    .venv/bin/python -m bench.pipeline --null          # the harness's own cost (the datagrams go nowhere)
+    .venv/bin/python -m bench.pipeline --bytecodes 20 --kinds video  # Python bytecodes per packet, by function
 
 The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
 own classes: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``, as
@@ -17,12 +19,16 @@ kernel's work, and the GIL shared with the worker threads; ``bench/run.py`` meas
 costs about twice this per packet.
 
 It prints microseconds of CPU per packet and what that makes in seconds per call-minute at the bench's packet
-rates.  Use it to see what a change to the per-packet path costs without running the whole bench.
+rates.  Use it to see what a change to the per-packet path costs without running the whole bench.  Its figures
+include its own work (reading the capture, the batches, the fake reactor and RTMP server): ``--null`` measures
+that alone, to be taken off.  ``--bytecodes`` counts the Python bytecodes the gateway's own code runs per packet
+(deterministic, unlike CPU time on this noisy machine; C work such as copies and system calls is not in it).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import functools
 import gc
@@ -144,18 +150,47 @@ class Call:
         self.transport.clear()
 
 
-def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, audio: str = "aac"
+def _count_bytecodes(counts: collections.Counter[str]) -> Any:
+    """A ``sys.settrace`` function counting the bytecodes run in each function of the gateway's own code."""
+    package = str(ROOT / "wcsgw")
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        if not code.co_filename.startswith(package):
+            return None
+        frame.f_trace_opcodes = True
+        key = f"{Path(code.co_filename).relative_to(ROOT)}:{code.co_name}"
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                counts[key] += 1
+            return local
+        return local
+    return trace
+
+
+def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, audio: str = "aac",
+        kinds: tuple[str, ...] = ("audio", "video"), null: bool = False, bytecodes: bool = False
         ) -> dict[str, Any]:
-    packets = _packets(seconds)
+    """``kinds``: the media fed; ``null``: the protocols drop the datagrams (the harness's own cost);
+    ``bytecodes``: count the gateway's bytecodes (``result["bytecodes"]``, by function) instead of profiling."""
+    packets = [packet for packet in _packets(seconds) if packet[1] in kinds]
     gc.collect()
     reactor = MemoryReactorClock()
     all_calls = [Call(reactor, audio) for _ in range(calls)]
     call = all_calls[0]
+    if null:
+        for one in all_calls:
+            for protocol in one.protocols.values():
+                protocol.rtp_protocol.datagrams_arrived = lambda datagrams: None  # type: ignore[method-assign]
     addrs = {"audio": FAR, "video": (FAR[0], FAR[1] + 2)}
     profiler = cProfile.Profile() if profile else None
+    counted: collections.Counter[str] = collections.Counter()
     started = time.process_time()
     if profiler is not None:
         profiler.enable()
+    if bytecodes:
+        sys.settrace(_count_bytecodes(counted))
     base = reactor.seconds()
     for when, batch in _drains(packets, interval):
         delay = base + when - reactor.seconds()
@@ -166,6 +201,8 @@ def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, a
                 one.protocols[kind].rtp_protocol.datagrams_arrived(
                     [(data, addrs[kind], base + arrival) for arrival, data in datagrams])
             one.drain()
+    if bytecodes:
+        sys.settrace(None)
     if profiler is not None:
         profiler.disable()
     cpu = time.process_time() - started
@@ -174,7 +211,8 @@ def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, a
     result = {"seconds": seconds, "calls": calls, "packets": len(packets) * calls, **counts, "cpu": cpu,
               "us_per_packet": cpu / len(packets) / calls * 1e6, "s_per_call_minute": cpu / seconds * 60 / calls,
               "rtmp_kbit_s": call.rtmp_bytes * 8 / seconds / 1000,
-              "frames": call.protocols["video"].session.counters.frames if call.protocols["video"].session else 0}
+              "frames": call.protocols["video"].session.counters.frames if call.protocols["video"].session else 0,
+              "bytecodes": dict(counted)}
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
     return result
@@ -191,8 +229,24 @@ def main(argv: list[str] | None = None) -> int:
                              "(G.711 tags made here)")
     parser.add_argument("--interval-ms", type=float, default=10.0,
                         help="media_read_interval_ms: datagrams come in batches this far apart (default 10)")
+    parser.add_argument("--kinds", default="audio,video", help="the media fed: audio, video or both (default)")
+    parser.add_argument("--null", action="store_true",
+                        help="the protocols drop the datagrams: what the harness itself costs, to be taken off")
+    parser.add_argument("--bytecodes", type=int, default=0, metavar="N",
+                        help="count the Python bytecodes of the gateway's code per packet (one slow run) and list "
+                             "the N functions that run the most")
     args = parser.parse_args(argv)
-    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0, args.audio)
+    kinds = tuple(kind for kind in args.kinds.split(",") if kind)
+    if not kinds or not set(kinds) <= {"audio", "video"}:
+        parser.error(f"--kinds takes audio, video or both, not {args.kinds!r}")
+    if args.bytecodes:
+        r = run(args.seconds, 0, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null, True)
+        total = sum(r["bytecodes"].values())
+        print(f"{total / r['packets']:.0f} Python bytecodes of the gateway's code per packet ({', '.join(kinds)})")
+        for name, count in sorted(r["bytecodes"].items(), key=lambda item: -item[1])[:args.bytecodes]:
+            print(f"{count / r['packets']:8.1f}  {name}")
+        return 0
+    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null)
              for _ in range(max(1, args.repeat))),
             key=lambda r: r["cpu"])
     print(f"{r['calls']} call(s), {r['packets']} packets ({r['video']} video, {r['audio']} audio per call) in "

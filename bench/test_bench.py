@@ -148,3 +148,27 @@ class ScenarioTests(SynchronousTestCase):
         render("uac_baseline.xml", target / "b.xml", {"VIDEO_PT": "112"})
         self.assertIn('play_pcap_video="/v.pcap"', (target / "a.xml").read_text())
         self.assertRaises(ValueError, render, "uac_baseline.xml", target / "c.xml", {})
+
+
+class PipelineTests(SynchronousTestCase):
+    """``bench/pipeline.py``'s modes (the bench's media are made first if missing, with ffmpeg)."""
+
+    def test_null_bytecodes_and_kinds(self) -> None:
+        """``--null`` makes no frames and counts no gateway bytecodes; ``--bytecodes`` counts the gateway's
+        functions only; ``--kinds`` feeds one medium."""
+        from bench import pipeline
+
+        video = pipeline.run(2.0, 0, kinds=("video",), bytecodes=True)
+        self.assertEqual(video["audio"], 0)
+        self.assertGreater(video["video"], 100)
+        self.assertGreater(video["frames"], 10)
+        counts = video["bytecodes"]
+        self.assertTrue(all(name.startswith("wcsgw/") for name in counts))
+        self.assertGreater(counts["wcsgw/rtp/session.py:_receive_in_order"], 0)
+        self.assertGreater(sum(counts.values()) / video["packets"], 100)
+        idle = pipeline.run(2.0, 0, null=True, bytecodes=True)
+        self.assertEqual((idle["frames"], idle["rtmp_kbit_s"]), (0, 0))
+        self.assertEqual(sum(idle["bytecodes"].values()), 0)
+        self.assertGreater(idle["audio"], 50)
+        with self.assertRaises(SystemExit):
+            pipeline.main(["--kinds", "data"])
