@@ -172,3 +172,24 @@ class PipelineTests(SynchronousTestCase):
         self.assertGreater(idle["audio"], 50)
         with self.assertRaises(SystemExit):
             pipeline.main(["--kinds", "data"])
+
+
+class AbTests(SynchronousTestCase):
+    def test_rows_and_medians(self) -> None:
+        """A gateway trial of ``bench/run.py`` becomes a row; the medians are per side, of numbers only."""
+        from bench.ab import medians, trial_row
+
+        trial = {"system": "gateway", "cpu_per_call_min": 0.6, "cpu_main_per_call_min": 0.4, "media_read_cpu_s": 1.2,
+                 "media_deliver_cpu_s": 4.0, "media_send_cpu_s": 0.7, "loss_pct": 0.0, "held": True,
+                 "wire": {"latency_p99": 0.031}}
+        row = trial_row(trial)
+        self.assertEqual((row["total"], row["reactor"], row["handle"], row["held"]), (0.6, 0.4, 4.0, True))
+        self.assertAlmostEqual(row["wire p99 ms"], 31.0)
+        self.assertIsNone(trial_row({**trial, "wire": None})["wire p99 ms"])
+        rows = [("old", row), ("new", {**row, "total": 0.5}), ("old", {**row, "total": 0.7}),
+                ("new", {**row, "total": 0.54, "send": None})]
+        result = medians(rows)
+        self.assertAlmostEqual(result["old"]["total"], 0.65)
+        self.assertAlmostEqual(result["new"]["total"], 0.52)
+        self.assertAlmostEqual(result["new"]["send"], 0.7)  # the run without it is left out
+        self.assertNotIn("held", result["old"])
