@@ -376,14 +376,15 @@ class MediaStreamSession:
         raised = 0
         counters = self.counters
         depacketizer = self._depacketizer
+        # The audio and video loops below check the header alike; they are apart to keep a call per packet off.
+        unpack_words = _RTP_WORDS.unpack_from
+        first_word = 0x8000 | media_type  # V=2, no padding, extension or CSRC, the media's type (marker masked)
         try:
             if depacketizer is None:  # audio: a frame per packet
                 events = self._events
                 unwrapper = self._unwrapper
                 last, extended = unwrapper._last, unwrapper._extended  # TimestampUnwrapper.unwrap, written out
                 frames = 0
-                unpack_words = _RTP_WORDS.unpack_from
-                first_word = 0x8000 | media_type  # V=2, no padding, extension or CSRC, the media's type
                 try:
                     while position < end:
                         data, addr, arrival = datagrams[position]
@@ -413,8 +414,6 @@ class MediaStreamSession:
             else:
                 push = depacketizer.push_payload
                 h264 = type(depacketizer) is H264Depacketizer
-                unpack_words = _RTP_WORDS.unpack_from
-                first_word = 0x8000 | media_type  # V=2, no padding, extension or CSRC, no marker, the media's type
                 unit_timestamp = -1  # the first packet of the batch is looked after too
                 middle_of: bytearray | None = None  # the fragment whose FU bytes ``middle`` are
                 middle = b""
