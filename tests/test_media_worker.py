@@ -351,3 +351,34 @@ class BatchTests(SynchronousTestCase):
 
     def test_negative_interval_refused(self) -> None:
         self.assertRaises(ValueError, WorkerPool, ThreadedFakeReactor(), 1, batch_interval=-1.0)
+
+
+class GateTests(SynchronousTestCase):
+    run_until = PoolTests.run_until
+
+    def test_no_item_starts_while_the_gate_is_held(self) -> None:
+        """While the reactor holds the pool's gate an item waits before it starts (counted), and starts once the
+        gate is let go; with the gate free items do not wait."""
+        reactor = ThreadedFakeReactor()
+        gate = threading.Lock()
+        pool = WorkerPool(reactor, 1, name=f"test-pool-{next(_names)}", gate=gate)
+        transcoder = EchoTranscoder()
+        results: list[str] = []
+        lane = TranscodeWorker(reactor, lambda: transcoder, results.append, pool=pool, name="gated")
+        with gate:
+            self.assertTrue(lane.submit(MediaInput(b"a", 0.0)))
+            for _ in range(int(WAIT * 1000)):
+                if pool.gate_waits:
+                    break
+                threading.Event().wait(0.001)
+            self.assertEqual(pool.gate_waits, 1)
+            self.assertFalse(transcoder.started.wait(0.05))
+        self.run_until(reactor, lambda: results == ["a-out"])
+        self.assertTrue(lane.submit(MediaInput(b"b", 1.0)))
+        self.run_until(reactor, lambda: results == ["a-out", "b-out"])
+        self.assertEqual(pool.gate_waits, 1)
+        lane.stop()
+        stopped: list[object] = []
+        pool.stop().addCallback(stopped.append)
+        self.run_until(reactor, lambda: bool(stopped))
+        self.assertEqual(results[-1], "flushed")

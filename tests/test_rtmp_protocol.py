@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 from twisted.internet import reactor
@@ -110,6 +111,36 @@ class DirectWriteTests(TestCase):
         self.assertEqual(turns.batches, sends + 2)
         self.assertGreater(turns.cpu, 0.0)
         self.assertEqual(bytes(received[handshake:]), b"one,two,three,four")
+        protocol.transport.loseConnection()
+        yield listener.lost
+
+    @inlineCallbacks
+    def test_the_sends_hold_the_gate_when_it_is_free(self) -> Any:
+        """With a gate (the lock the transcoding threads wait at) the turn's sends hold it, and let it go after;
+        a gate held elsewhere is not waited for: the sends go anyway."""
+        received, protocol, listener = yield self.connected(Collector)
+        handshake = 1 + 1536
+        yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
+        turns = write_batch(reactor)
+        gate = threading.Lock()
+        turns.gate = gate
+        self.addCleanup(setattr, turns, "gate", None)
+        held: list[bool] = []
+        send_queued = protocol._send_queued
+
+        def spy() -> None:
+            held.append(gate.locked())
+            send_queued()
+
+        protocol._send_queued = spy
+        protocol._write([b"gated,"])
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(held, [True])
+        self.assertFalse(gate.locked())
+        with gate:  # held by someone else: the send does not wait for it
+            protocol._write([b"anyway"])
+            yield wait_for(lambda: len(received) >= handshake + 12, what="every byte at the peer", timeout=30)
+        self.assertEqual(bytes(received[handshake:]), b"gated,anyway")
         protocol.transport.loseConnection()
         yield listener.lost
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 
@@ -198,6 +199,31 @@ class IntervalTests(TestCase):
         self.assertFalse(timer.active())
         self.assertIsNone(self.sockets._timer)
 
+    @inlineCallbacks
+    def test_a_drain_holds_the_gate_when_it_is_free(self) -> Any:
+        """With a gate (the lock the transcoding threads wait at) a drain holds it while it delivers, and lets it
+        go after; a gate held elsewhere is not waited for: datagrams are delivered anyway."""
+        gate = threading.Lock()
+        sockets = MediaSockets(reactor, gate=gate)
+        self.addCleanup(sockets.close)
+        held: list[bool] = []
+
+        class Watching(Stamped):
+            def datagrams_arrived(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
+                held.append(gate.locked())
+                super().datagrams_arrived(datagrams)
+
+        recorder = Watching()
+        media = sockets.bind(0, recorder, LOCAL)
+        self.peer.sendto(b"one", (LOCAL, media.getHost().port))
+        yield wait_for(lambda: len(recorder.datagrams) == 1, what="the first datagram")
+        self.assertEqual(held, [True])
+        self.assertFalse(gate.locked())
+        with gate:  # held by someone else: the drain does not wait for it
+            self.peer.sendto(b"two", (LOCAL, media.getHost().port))
+            yield wait_for(lambda: len(recorder.datagrams) == 2, what="the second datagram")
+        self.assertEqual([data for data, _ in recorder.datagrams], [b"one", b"two"])
+
     def test_negative_interval(self) -> None:
         """A negative interval is refused."""
         with self.assertRaises(ValueError) as caught:
@@ -279,6 +305,62 @@ class ConnectedPeerTests(TestCase):
         self.far.sendto(b"far again", (LOCAL, port))
         yield wait_for(lambda: len(recorder.datagrams) == 3, what="a datagram from the old far end")
         self.assertEqual(recorder.datagrams[2], (b"far again", far))
+
+    @inlineCallbacks
+    def _connected(self) -> Any:
+        """A socket connected to ``self.far`` and known empty of foreign datagrams: (socket, recorder)."""
+        recorder = Stamped()
+        media = self.sockets.bind(free_port(), recorder, LOCAL)
+        media.connect_peer(self.far.getsockname())
+        yield wait_for(lambda: media.peer is not None, what="the socket known empty of foreign datagrams")
+        return media, recorder
+
+    @inlineCallbacks
+    def _every_size_in_order(self) -> Any:
+        media, recorder = yield self._connected()
+        port = media.getHost().port
+        sizes = [0, 1, 12, 1200, 1500, 65507] + [172 + n for n in range(64)]
+        sent = [bytes([n % 256]) * size for n, size in enumerate(sizes)]
+        for datagram in sent:
+            self.far.sendto(datagram, (LOCAL, port))
+        yield wait_for(lambda: len(recorder.datagrams) == len(sent), what=f"{len(sent)} datagrams")
+        self.assertEqual([data for data, _ in recorder.datagrams], sent)
+        self.assertEqual({addr for _, addr in recorder.datagrams}, {self.far.getsockname()})
+        self.assertEqual(self.sockets.receive_errors, 0)
+
+    @inlineCallbacks
+    def test_a_connected_socket_is_read_many_datagrams_a_call(self) -> Any:
+        """recvmmsg reads what a connected socket holds, 32 datagrams a call at most: every datagram, of every
+        size a UDP datagram can have (empty and 65507 bytes among them), in order, with the peer's address; in
+        fewer calls than datagrams."""
+        receiver = self.sockets.batch_receiver
+        if receiver is None:
+            raise SkipTest("no recvmmsg in this C library")
+        yield self._every_size_in_order()
+        self.assertGreater(receiver.calls, 0)
+        self.assertLess(receiver.calls, 70 // 2)
+
+    def test_without_recvmmsg_a_connected_socket_is_read_with_recv(self) -> Any:
+        """Where the C library has no recvmmsg the same datagrams arrive, read one by one."""
+        self.sockets.batch_receiver = None
+        return self._every_size_in_order()
+
+    @inlineCallbacks
+    def test_a_refused_send_does_not_count_as_a_receive_error(self) -> Any:
+        """A connected socket whose sends the far end's host refuses (ICMP port unreachable) reports
+        ECONNREFUSED on its next read: ignored, and the datagrams sent after still arrive."""
+        media, recorder = yield self._connected()
+        far = self.far.getsockname()
+        self.far.close()
+        media.write(b"to nobody", far)
+        yield wait_for(lambda: self.sockets.drains >= 3, what="a few drains")
+        self.far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.far.bind(far)
+        self.addCleanup(self.far.close)
+        self.far.sendto(b"back again", (LOCAL, media.getHost().port))
+        yield wait_for(lambda: len(recorder.datagrams) == 1, what="the datagram sent after")
+        self.assertEqual(recorder.datagrams, [(b"back again", far)])
+        self.assertEqual(self.sockets.receive_errors, 0)
 
 
 def free_port() -> int:

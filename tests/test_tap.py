@@ -156,6 +156,22 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(service.media_sockets.interval, 0.02)
             self.assertIs(service.media_sockets.kernel_timestamps, stamps)
 
+    def test_media_first_shares_one_gate(self) -> None:
+        """``media_first`` (the default) gives the transcoding pool, the media sockets and the RTMP sends one lock
+        (the reactor holds it while it reads media or sends, the pool's threads wait at it); false: none."""
+        reactor = MemoryReactorUdp()
+        service = GatewayService(reactor, config.build_settings({"state_dir": self.mktemp()}))
+        if service.media_sockets is None:
+            raise SkipTest("no epoll here")
+        gate = service.pool._gate
+        self.assertIsNotNone(gate)
+        self.assertIs(service.media_sockets._gate, gate)
+        self.assertIs(service.rtmp_writes.gate, gate)
+        service = GatewayService(reactor, config.build_settings({"state_dir": self.mktemp(), "media_first": False}))
+        self.assertIsNone(service.pool._gate)
+        self.assertIsNone(service.media_sockets._gate)  # type: ignore[union-attr]
+        self.assertIsNone(service.rtmp_writes.gate)
+
     def test_switch_interval_while_running(self) -> None:
         """While the gateway runs, threads hand the GIL back after 1 ms instead of 5 (the reactor waits less for
         the transcoding threads); stopping restores the interval it found."""

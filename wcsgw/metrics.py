@@ -301,6 +301,11 @@ def render(gateway: Any) -> str:
                    [("", sockets.datagrams)])
         out.metric("wcsgw_media_drains_total", "counter", "batched reads of the media sockets",
                    [("", sockets.drains)])
+        receiver = sockets.batch_receiver
+        if receiver is not None:
+            out.metric("wcsgw_media_recvmmsg_calls_total", "counter",
+                       "recvmmsg calls on connected media sockets (each reads every datagram queued, up to 32)",
+                       [("", receiver.calls)])
         out.metric("wcsgw_media_socket_errors_total", "counter",
                    "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",
                    [('{kind="receive"}', sockets.receive_errors), ('{kind="protocol"}', sockets.protocol_errors),
@@ -316,6 +321,12 @@ def render(gateway: Any) -> str:
             out.metric("wcsgw_rtmp_sends_total", "counter",
                        "RTMP connections written to at the end of a reactor turn (one send each)",
                        [("", writes.sends)])
+
+    pool = getattr(gateway, "pool", None)
+    if pool is not None:
+        out.metric("wcsgw_transcode_gate_waits_total", "counter",
+                   "transcoding items that waited for the reactor to finish reading media or sending RTMP "
+                   "(media_first)", [("", pool.gate_waits)])
 
     for name, value in sorted(agent.counters.items()):
         out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",

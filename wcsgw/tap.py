@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +138,16 @@ class GatewayService(service.MultiService):
                                   public_address=public_address, user_agent=settings.user_agent,
                                   t1=settings.sip_t1, t2=settings.sip_t2, t4=settings.sip_t4)
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
+        media = udp.available() and IReactorFDSet.providedBy(reactor)
+        gate = threading.Lock() if media and settings.media_first else None  # see WorkerPool's gate
         self.pool = WorkerPool(reactor, transcode_thread_count(settings.transcode_threads, os.cpu_count()),
                                name="wcsgw-tc",
-                               batch_interval=settings.transcode_batch_ms / 1000.0)
+                               batch_interval=settings.transcode_batch_ms / 1000.0, gate=gate)
         self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
-                                           kernel_timestamps=settings.media_kernel_timestamps)
-                              if udp.available() and IReactorFDSet.providedBy(reactor) else None)
+                                           kernel_timestamps=settings.media_kernel_timestamps, gate=gate)
+                              if media else None)
+        write_batch(reactor).gate = gate
         self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool,
                                       public_address=public_address, media_sockets=self.media_sockets)
         self.manager = CallManager(reactor, self.notifier, node_id=new_node_id(public_address),

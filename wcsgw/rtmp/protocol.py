@@ -8,6 +8,7 @@ asks it to pause (its own buffer is full), outgoing bytes stay queued in the ses
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from time import thread_time
 from typing import Any
@@ -234,6 +235,9 @@ class WriteBatch:
         self._reactor = reactor
         self._protocols: list[RtmpClientProtocol] = []
         self._call: Any = None
+        # held during the sends when it is free, as MediaSockets holds it during a drain: each send releases the
+        # GIL, and a transcoding thread that starts work then takes it (see wcsgw.media.worker.WorkerPool)
+        self.gate: threading.Lock | None = None
         self.batches = 0  # turns that sent
         self.sends = 0  # connections written to, one send each (unless the transport held data back)
         self.cpu = 0.0  # CPU seconds of the reactor thread in the sends
@@ -249,13 +253,19 @@ class WriteBatch:
         self.batches += 1
         protocols, self._protocols = self._protocols, []
         self.sends += len(protocols)
-        for protocol in protocols:
-            try:
-                protocol._send_queued()
-            except Exception:
-                _log.failure("RTMP write failed; closing the connection")
-                if protocol.transport is not None:
-                    protocol.transport.abortConnection()
+        gate = self.gate
+        gated = gate is not None and gate.acquire(False)
+        try:
+            for protocol in protocols:
+                try:
+                    protocol._send_queued()
+                except Exception:
+                    _log.failure("RTMP write failed; closing the connection")
+                    if protocol.transport is not None:
+                        protocol.transport.abortConnection()
+        finally:
+            if gated:
+                gate.release()  # type: ignore[union-attr]
         self.cpu += thread_time() - started
 
 
