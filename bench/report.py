@@ -214,8 +214,9 @@ def table(data: dict[str, Any]) -> str:
             f"| {_f(t.get('rss_kb'), '.0f', 1 / 1024)} | {_f(t.get('pss_kb'), '.0f', 1 / 1024)} "
             f"| {t.get('threads', NA)} | {loss} | {wire_lat} | {self_lat} | {setup} | {self_setup} | {held} |")
     lines += ["", "| system | N | machine busy % (100 per core) | SIPp, nginx, tcpdump % of a core | kernel drops "
-              "| own lost+late | RTMP frames dropped | reactor lag p99 ms | slowest stream kbit/s | teardown s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| own lost+late | transcoding dropped | RTMP frames dropped | reactor lag p99 ms | slowest stream kbit/s "
+              "| teardown s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in data["trials"]:
         if "skipped" in t:
             continue
@@ -223,11 +224,11 @@ def table(data: dict[str, Any]) -> str:
         lines.append(
             f"| {t['system']} | {t['calls']} | {_f(t.get('machine_busy_percent'), '.0f')} "
             f"| {_f(t.get('generators_cpu_percent'), '.0f')} | {t.get('kernel_drops', NA)} | {t.get('app_lost', NA)} "
-            f"| {detail.get('rtmp_dropped_frames', NA)} | {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} "
+            f"| {detail.get('worker_dropped', NA)} | {detail.get('rtmp_dropped_frames', NA)} | {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} "
             f"| {t.get('stream_kbit_min', NA)} | {t.get('teardown_s', NA)} |")
     summary = summarize(data)
     lines += ["", "| system | RSS per call MB | base RSS MB | PSS per call MB | base PSS MB | idle RSS MB "
-              "| largest N held (loss < 0.1 %, wire p99 < 100 ms) | largest N with loss < 0.1 % |",
+              "| largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops) | largest N with loss < 0.1 % |",
               "|---|---|---|---|---|---|---|---|"]
     for system, s in summary.items():
         lines.append(
@@ -275,7 +276,7 @@ def ratio_sentence(r: dict[str, Any]) -> str:
         parts.append(f"{label} {_f(r.get(key), '.1f')}")
     text = "baseline / gateway (above 1: the gateway needs less): " + "; ".join(parts) + ". "
     held, loss = r.get("max_n_held", {}), r.get("max_n_loss_ok", {})
-    text += (f"Largest N held (loss < 0.1 %, wire p99 < 100 ms): gateway {held.get('gateway', NA)}, baseline "
+    text += (f"Largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops): gateway {held.get('gateway', NA)}, baseline "
              f"{held.get('baseline', NA)}; on loss alone: gateway {loss.get('gateway', NA)}, baseline "
              f"{loss.get('baseline', NA)} ('>=': every N tested held).")
     return text

@@ -14,7 +14,8 @@ Measured in the window, for the system's processes only (see procstat.py, wire.p
 intercept, and the gateway's RSS before any call), UDP datagrams the kernel dropped on the system's sockets and
 the system's own loss counters, RTP-to-RTMP latency of the sampled calls on the wire (and the gateway's own
 histogram), call setup (start of the call to its first keyframe at RTMP). A trial *holds* when every stream
-arrived at nginx at a plausible rate, loss < 0.1 % and wire p99 latency < 100 ms. What cannot be measured is
+arrived at nginx at a plausible rate, loss < 0.1 %, wire p99 latency < 100 ms, and the gateway's transcoding
+queues dropped nothing (wcsgw_worker_dropped_total: an AAC frame dropped is 128 ms of audio). What cannot be measured is
 printed as n/a. Results: bench/results/ (table, JSON, PNG), with the machine, date and commit.
 """
 
@@ -64,6 +65,33 @@ def percentile(values: list[float], q: float) -> float | None:
 def aac_setting(rate: int) -> str:
     """The gateway's aac_sample_rate for the bench's ``--aac-rate``: PCMU's own rate is ``source``."""
     return "source" if rate == 8000 else str(rate)
+
+
+def judge(r: dict[str, Any], n: int) -> None:
+    """Whether trial ``r`` of ``n`` calls held: sets ``loss_pct``, ``loss_source``, ``held`` and
+    ``not_held_because``.  Held: every stream arrived, loss < LOSS_LIMIT, wire p99 < P99_LIMIT, and no media item
+    dropped by a full transcoding queue (an AAC frame dropped is 128 ms of a call's audio missing)."""
+    reasons = []
+    if "error" in r:
+        reasons.append("error")
+    if r.get("streams_ok") != n:
+        reasons.append(f"streams {r.get('streams_ok', 0)}/{n}")
+    expected = r.get("expected_packets") or 0
+    lost = max(r.get("kernel_drops") or 0, r.get("app_lost") or 0)
+    r["loss_pct"] = 100.0 * lost / expected if expected else None
+    r["loss_source"] = "app+kernel" if "app_lost" in r else "kernel only"
+    if r["loss_pct"] is None or r["loss_pct"] >= LOSS_LIMIT:
+        reasons.append("loss")
+    transcoding_dropped = (r.get("app_detail") or {}).get("worker_dropped")
+    if transcoding_dropped:
+        reasons.append(f"transcoding dropped {transcoding_dropped}")
+    p99 = (r.get("wire") or {}).get("latency_p99")
+    if p99 is None:
+        reasons.append("p99 n/a")
+    elif p99 >= P99_LIMIT:
+        reasons.append("p99")
+    r["held"] = not reasons
+    r["not_held_because"] = reasons
 
 
 class Trial:
@@ -277,25 +305,7 @@ class Trial:
         }
 
     def _judge(self) -> None:
-        r = self.result
-        reasons = []
-        if "error" in r:
-            reasons.append("error")
-        if r.get("streams_ok") != self.n:
-            reasons.append(f"streams {r.get('streams_ok', 0)}/{self.n}")
-        expected = r.get("expected_packets") or 0
-        lost = max(r.get("kernel_drops") or 0, r.get("app_lost") or 0)
-        r["loss_pct"] = 100.0 * lost / expected if expected else None
-        r["loss_source"] = "app+kernel" if "app_lost" in r else "kernel only"
-        if r["loss_pct"] is None or r["loss_pct"] >= LOSS_LIMIT:
-            reasons.append("loss")
-        p99 = (r.get("wire") or {}).get("latency_p99")
-        if p99 is None:
-            reasons.append("p99 n/a")
-        elif p99 >= P99_LIMIT:
-            reasons.append("p99")
-        r["held"] = not reasons
-        r["not_held_because"] = reasons
+        judge(self.result, self.n)
 
 
 def _tally(states: dict[str, str]) -> dict[str, int]:

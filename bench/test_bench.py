@@ -129,6 +129,25 @@ class WireTests(SynchronousTestCase):
         middle = header + bytes([0x60 | 28, 5]) + nal[1:]
         self.assertIsNone(rtp_slice_start(middle))
 
+    def test_a_trial_holds_only_without_loss_drops_or_late_frames(self) -> None:
+        """A trial holds when every stream arrived, loss and wire p99 are within bounds and no transcoding queue
+        dropped an item; each failure is named."""
+        from bench.run import judge
+
+        def trial(**changes: Any) -> dict[str, Any]:
+            r: dict[str, Any] = {"streams_ok": 10, "expected_packets": 100_000, "kernel_drops": 0, "app_lost": 50,
+                                 "app_detail": {"worker_dropped": 0}, "wire": {"latency_p99": 0.08}}
+            r.update(changes)
+            judge(r, 10)
+            return r
+
+        held = trial()
+        self.assertEqual((held["held"], held["not_held_because"], held["loss_pct"]), (True, [], 0.05))
+        self.assertEqual(trial(app_detail={"worker_dropped": 3})["not_held_because"], ["transcoding dropped 3"])
+        self.assertEqual(trial(app_lost=100, streams_ok=9, wire={"latency_p99": 0.1})["not_held_because"],
+                         ["streams 9/10", "loss", "p99"])
+        self.assertFalse(trial(wire={})["held"])
+
     def test_fit(self) -> None:
         """RSS per call is the slope of a least-squares line over N, base its intercept."""
         slope, intercept = fit([(1, 12.0), (5, 20.0), (10, 30.0)]) or (0, 0)

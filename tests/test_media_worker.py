@@ -377,8 +377,38 @@ class GateTests(SynchronousTestCase):
         self.assertTrue(lane.submit(MediaInput(b"b", 1.0)))
         self.run_until(reactor, lambda: results == ["a-out", "b-out"])
         self.assertEqual(pool.gate_waits, 1)
+        self.assertEqual(pool.gate_skips, 0)
         lane.stop()
         stopped: list[object] = []
         pool.stop().addCallback(stopped.append)
         self.run_until(reactor, lambda: bool(stopped))
         self.assertEqual(results[-1], "flushed")
+
+    def test_a_thread_that_falls_behind_goes_past_the_gate(self) -> None:
+        """While the gate is held items wait as long as few batches queue behind them; with ``gate_backlog``
+        batches waiting the item goes ahead (counted), and the next waits again; every result comes in order."""
+        reactor = ThreadedFakeReactor()
+        gate = threading.Lock()
+        pool = WorkerPool(reactor, 1, name=f"test-pool-{next(_names)}", gate=gate)
+        self.assertEqual(pool.gate_backlog, 5)
+        pool.gate_backlog = 3
+        results: list[str] = []
+        lane = TranscodeWorker(reactor, EchoTranscoder, results.append, pool=pool, name="behind", max_queue=100)
+        with gate:
+            self.assertTrue(lane.submit(MediaInput(b"0", 0.0)))  # a batch of its own (no batch interval)
+            for _ in range(int(WAIT * 1000)):
+                if pool.gate_waits:
+                    break
+                threading.Event().wait(0.001)
+            self.assertEqual((pool.gate_waits, pool.gate_skips, results), (1, 0, []))
+            for n in range(1, 4):  # three batches behind it: it goes ahead; the next ones have two behind them
+                self.assertTrue(lane.submit(MediaInput(b"%d" % n, float(n))))
+            self.run_until(reactor, lambda: results == ["0-out"])
+            self.assertEqual(pool.gate_skips, 1)
+        self.run_until(reactor, lambda: len(results) == 4)
+        self.assertEqual(results, ["0-out", "1-out", "2-out", "3-out"])
+        self.assertEqual((pool.gate_waits, pool.gate_skips), (2, 1))
+        lane.stop()
+        stopped: list[object] = []
+        pool.stop().addCallback(stopped.append)
+        self.run_until(reactor, lambda: bool(stopped))

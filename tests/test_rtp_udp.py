@@ -316,7 +316,9 @@ class ConnectedPeerTests(TestCase):
         return media, recorder
 
     @inlineCallbacks
-    def _every_size_in_order(self) -> Any:
+    def test_a_connected_socket_delivers_every_size_in_order(self) -> Any:
+        """A connected socket delivers datagrams of every size a UDP datagram can have (empty and 65507 bytes
+        among them), in order, with the peer's address."""
         media, recorder = yield self._connected()
         port = media.getHost().port
         sizes = [0, 1, 12, 1200, 1500, 65507] + [172 + n for n in range(64)]
@@ -327,23 +329,6 @@ class ConnectedPeerTests(TestCase):
         self.assertEqual([data for data, _ in recorder.datagrams], sent)
         self.assertEqual({addr for _, addr in recorder.datagrams}, {self.far.getsockname()})
         self.assertEqual(self.sockets.receive_errors, 0)
-
-    @inlineCallbacks
-    def test_a_connected_socket_is_read_many_datagrams_a_call(self) -> Any:
-        """recvmmsg reads what a connected socket holds, 32 datagrams a call at most: every datagram, of every
-        size a UDP datagram can have (empty and 65507 bytes among them), in order, with the peer's address; in
-        fewer calls than datagrams."""
-        receiver = self.sockets.batch_receiver
-        if receiver is None:
-            raise SkipTest("no recvmmsg in this C library")
-        yield self._every_size_in_order()
-        self.assertGreater(receiver.calls, 0)
-        self.assertLess(receiver.calls, 70 // 2)
-
-    def test_without_recvmmsg_a_connected_socket_is_read_with_recv(self) -> Any:
-        """Where the C library has no recvmmsg the same datagrams arrive, read one by one."""
-        self.sockets.batch_receiver = None
-        return self._every_size_in_order()
 
     @inlineCallbacks
     def test_a_refused_send_does_not_count_as_a_receive_error(self) -> Any:

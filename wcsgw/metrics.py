@@ -301,11 +301,6 @@ def render(gateway: Any) -> str:
                    [("", sockets.datagrams)])
         out.metric("wcsgw_media_drains_total", "counter", "batched reads of the media sockets",
                    [("", sockets.drains)])
-        receiver = sockets.batch_receiver
-        if receiver is not None:
-            out.metric("wcsgw_media_recvmmsg_calls_total", "counter",
-                       "recvmmsg calls on connected media sockets (each reads every datagram queued, up to 32)",
-                       [("", receiver.calls)])
         out.metric("wcsgw_media_socket_errors_total", "counter",
                    "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",
                    [('{kind="receive"}', sockets.receive_errors), ('{kind="protocol"}', sockets.protocol_errors),

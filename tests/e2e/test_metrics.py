@@ -139,9 +139,6 @@ class MetricsTests(TestCase):
         self.assertGreater(total(during, "wcsgw_rtmp_bytes_sent_total"), 2000)
         self.assertGreaterEqual(during["wcsgw_media_datagrams_total"], total(during, "wcsgw_rtp_packets_received_total"))
         self.assertGreater(during["wcsgw_media_drains_total"], 0)
-        # the far end latched, its socket connected: read with recvmmsg
-        calls = "wcsgw_media_recvmmsg_calls_total"
-        self.assertGreater(during[calls], before.get(calls, 0))
         self.assertIn("wcsgw_transcode_gate_waits_total", during)
         for phase in ("read", "deliver", "send"):
             key = f'wcsgw_media_cpu_seconds_total{{phase="{phase}"}}'

@@ -97,7 +97,9 @@ class WorkerPool:
         holds it while it reads and delivers media).  A pool thread starts no item while it is held: an item
         takes the GIL several times (FFmpeg runs without it, the Python around it with it), and each time the
         reactor, which needs it back at once, waits for the thread's next release.  Items then run while the
-        reactor waits for the next drain."""
+        reactor waits for the next drain.  A thread that falls behind (``gate_backlog`` batches waiting for it,
+        100 ms of work with 20 ms batches) goes on regardless: on a loaded machine the reactor holds the gate most
+        of the time (also while the scheduler has it wait for a core), and the work must not starve."""
         if threads < 1:
             raise ValueError(f"a worker pool needs at least one thread, not {threads}")
         if batch_interval < 0:
@@ -105,7 +107,10 @@ class WorkerPool:
         self._reactor = reactor
         self.name = name
         self._gate = gate
-        self.gate_waits = 0  # items that waited for the gate (written by the pool threads)
+        self.gate_backlog = 5  # batches waiting for a thread from which on it no longer waits at the gate
+        self.gate_recheck = 0.005  # seconds between looks at the backlog while waiting at the gate
+        self.gate_waits = 0  # items that found the gate held (written by the pool threads)
+        self.gate_skips = 0  # items that went ahead of a held gate because the thread was behind
         self._poll_interval = poll_interval
         self.batch_interval = batch_interval
         self._pending: list[list[tuple[Any, Any]]] = [[] for _ in range(threads)]  # per thread, for the next batch
@@ -193,14 +198,25 @@ class WorkerPool:
             done: list[tuple[TranscodeWorker[Any], Sequence[Any] | None]] = []
             gate = self._gate
             for lane, item in batch:
-                if gate is not None and not gate.acquire(False):
-                    self.gate_waits += 1
-                    gate.acquire()  # waits without the GIL until the reactor lets go
                 if gate is not None:
-                    gate.release()
+                    self._pass_gate(gate, work)
                 lane._work(item, done)
             if done:
                 self._reactor.callFromThread(self._deliver, done)
+
+    def _pass_gate(self, gate: threading.Lock, work: queue.Queue[Any]) -> None:
+        """Wait (without the GIL) while the reactor holds ``gate``, unless this thread is behind: with
+        ``gate_backlog`` batches waiting behind the current one it goes ahead (a reactor that holds the gate most
+        of the time, on a loaded machine, must not starve the work, whose queues are bounded)."""
+        if gate.acquire(False):
+            gate.release()
+            return
+        self.gate_waits += 1
+        while not gate.acquire(timeout=self.gate_recheck):
+            if work.qsize() >= self.gate_backlog:
+                self.gate_skips += 1
+                return
+        gate.release()
 
     @staticmethod
     def _deliver(done: list[tuple[TranscodeWorker[Any], Sequence[Any] | None]]) -> None:

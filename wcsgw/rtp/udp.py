@@ -21,18 +21,14 @@ datagrams then wait up to ``interval`` in the kernel.  Their arrival time is the
 datagram in process; at 50 calls of the bench the reactor spent 0.5 s of its 9 in those extra microseconds).
 
 A protocol that has latched its far end (symmetric RTP) can ``connect_peer`` its socket to it: the kernel then
-delivers only that source's datagrams, and they are read without an address to build (at 50 calls of the bench
-the read phase went from 1.6 to 1.2 s of the reactor's 8).  Datagrams queued before the connect may come from
-elsewhere: until a drain has emptied every socket after it, the socket is read with ``recvfrom``.
+delivers only that source's datagrams, and they are read with ``recv``, without an address to build (at 50 calls
+of the bench the read phase went from 1.6 to 1.2 s of the reactor's 8).  Datagrams queued before the connect
+may come from elsewhere: until a drain has emptied every socket after it, the socket is read with ``recvfrom``.
 ``disconnect_peer`` undoes it (the far end moved).
 
-A connected socket is read with ``recvmmsg(2)`` (glibc, through ``ctypes.PyDLL``): every datagram it holds, up
-to 32, in one call, *holding the GIL*.  Python's own ``recv`` releases the GIL around each system call, and a
-transcoding thread waiting for the GIL takes it there; the reactor then waits for that thread's next release
-after every datagram (the "convoy effect").  At 100 calls of the bench that is thousands of hand-overs a second,
-and runs where the reactor fell behind and the kernel dropped packets.  The call never blocks (``MSG_DONTWAIT``);
-a datagram cannot be cut short (each slot holds 64 KiB, more than a UDP payload can be).  Where ``recvmmsg`` is
-missing, connected sockets are read with ``recv``.
+With a ``gate`` (a lock shared with the transcoding pool, `wcsgw.media.worker.WorkerPool`) a drain holds the lock
+while it reads and delivers, when it is free: the pool's threads start no work meanwhile, and so do not take the
+GIL from the reactor in the middle of a drain.  A drain never waits for the lock.
 
 Datagrams go to the protocol bound to the socket, all those of a drain at once, in order, as
 ``datagrams_arrived([(data, addr, arrival), ...])`` when it has that method (so what a protocol does once per
@@ -78,77 +74,6 @@ _IGNORED_RECV_ERRORS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, 
 
 
 _LIBC: Any = None
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
-                ("msg_iov", ctypes.c_void_p), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
-
-
-MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
-
-
-class BatchReceiver:
-    """``recvmmsg(2)`` on a connected, non-blocking UDP socket, the GIL held (see the module docstring).
-
-    One receiver serves every socket of the thread that uses it: ``receive(fd)`` copies the datagrams out of its
-    buffer before it returns."""
-
-    SLOTS = 32  # datagrams per call at most
-    SLOT_SIZE = 1 << 16  # bytes per datagram at most: more than any UDP payload
-
-    def __init__(self, recvmmsg: Any) -> None:
-        recvmmsg.restype = ctypes.c_int
-        recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-        self._recvmmsg = recvmmsg
-        slots, size = self.SLOTS, self.SLOT_SIZE
-        self._buffer = bytearray(slots * size)
-        self._view = memoryview(self._buffer)
-        base = ctypes.addressof((ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
-        self._iovecs = (_Iovec * slots)()
-        self._messages = (_Mmsghdr * slots)()
-        for n in range(slots):
-            self._iovecs[n].iov_base = base + n * size
-            self._iovecs[n].iov_len = size
-            header = self._messages[n].msg_hdr
-            header.msg_iov = ctypes.addressof(self._iovecs[n])
-            header.msg_iovlen = 1
-        # msg_len of message n, as unsigned ints over the message array
-        stride = ctypes.sizeof(_Mmsghdr)
-        offset = _Mmsghdr.msg_len.offset
-        assert stride % 4 == 0 and offset % 4 == 0
-        self._words = (ctypes.c_uint * (slots * stride // 4)).from_buffer(self._messages)
-        self._lengths = [(n * stride + offset) // 4 for n in range(slots)]  # index of msg_len n in _words
-        self.calls = 0
-
-    def receive(self, fd: int) -> list[bytes]:
-        """The datagrams queued on ``fd`` (up to ``SLOTS``; empty when none); ``OSError`` for a socket error."""
-        self.calls += 1
-        got = self._recvmmsg(fd, self._messages, self.SLOTS, MSG_DONTWAIT, None)
-        if got < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        words, view, size = self._words, self._view, self.SLOT_SIZE
-        return [view[n * size:n * size + words[index]].tobytes() for n, index in zip(range(got), self._lengths)]
-
-
-def batch_receiver() -> BatchReceiver | None:
-    """A ``BatchReceiver``, or None where the C library has no ``recvmmsg``."""
-    try:
-        libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held during the call
-        return BatchReceiver(libc.recvmmsg)
-    except (OSError, AttributeError):
-        return None
 
 
 def _disconnect(fileno: int) -> None:
@@ -271,7 +196,6 @@ class MediaSockets:
         self._timer: Any = None
         self._verifying: set[MediaSocket] = set()  # connected, not drained empty since (their peer is None)
         self._gate = gate
-        self.batch_receiver = batch_receiver()  # None: connected sockets are read with recv
         # counters
         self.datagrams = 0
         self.drains = 0
@@ -368,11 +292,11 @@ class MediaSockets:
                 except Exception:
                     self.protocol_errors += 1
                     log.failure("media datagrams on port {port} failed", port=media._host[1])
+            self.read_cpu += read - started
+            self.deliver_cpu += thread_time() - read
         finally:
             if gated:
                 gate.release()  # type: ignore[union-attr]
-        self.read_cpu += read - started
-        self.deliver_cpu += thread_time() - read
 
     def _read(self) -> dict[MediaSocket, list[tuple[bytes, Any, float]]]:
         batch: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
@@ -383,8 +307,6 @@ class MediaSockets:
         now = 0.0 if stamped else self._reactor.seconds()  # the arrival time of what this drain reads
         unpack_from = _TIMEVAL.unpack_from
         limit = self._max_batch
-        receiver = self.batch_receiver
-        receive = receiver.receive if receiver is not None and not stamped else None
         while count < limit:
             ready = poll(0)
             if not ready:
@@ -395,16 +317,7 @@ class MediaSockets:
                     continue
                 try:
                     addr = media.peer
-                    if addr is not None and receive is not None:  # connected: only the peer's datagrams come
-                        received = receive(fd)
-                        if received:
-                            count += len(received)
-                            queued = batch.get(media)
-                            if queued is None:
-                                queued = batch[media] = []
-                            queued.extend([(data, addr, now) for data in received])
-                        continue
-                    if addr is not None and not stamped:
+                    if addr is not None and not stamped:  # connected: only the peer's datagrams come
                         data = media.socket.recv(MAX_DATAGRAM)
                         arrival = now
                     elif stamped:
