@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -110,16 +111,21 @@ def summarize(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             summary[f"{key}_base"] = line[1] if line else None
         idle = [t["idle_rss_kb"] for t in trials if t.get("idle_rss_kb")]
         summary["idle_rss_kb"] = sum(idle) / len(idle) if idle else None
+        by_n: dict[int, list[dict[str, Any]]] = {}
+        for trial in trials:
+            by_n.setdefault(trial["calls"], []).append(trial)
+        # with --repeat, N counts as held when every one of its trials held
+        summary["held_counts"] = {n: (sum(1 for t in group if t.get("held")), len(group)) for n, group in by_n.items()}
         for key, test in (("max_n_held", lambda t: t.get("held")),
                           ("max_n_loss_ok", lambda t: _complete(t) and t.get("loss_pct") is not None
                            and t["loss_pct"] < data["limits"]["loss_pct"])):
             best = None
-            for trial in trials:
-                if not test(trial):
+            for n, group in by_n.items():
+                if not all(test(trial) for trial in group):
                     break
-                best = trial["calls"]
+                best = n
             summary[key] = best
-            summary[f"{key}_is_bound"] = best is not None and best == ran[-1]["calls"]
+            summary[f"{key}_is_bound"] = best is not None and bool(ran) and best == ran[-1]["calls"]
         if complete:
             last = complete[-1]
             summary["cpu_per_call_min_at"] = (last["calls"], last["cpu_per_call_min"])
@@ -132,18 +138,23 @@ def ratios(data: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[str
     completed, and of RSS and PSS per call; and the largest N each held."""
     if not {"gateway", "baseline"} <= summary.keys():
         return {}
-    by = {(t["system"], t["calls"]): t for t in data["trials"] if _complete(t)}
+    runs: dict[tuple[str, int], list[float]] = {}
+    for t in data["trials"]:
+        if _complete(t):
+            runs.setdefault((t["system"], t["calls"]), []).append(t["cpu_per_call_min"])
+    by = {key: statistics.median(values) for key, values in runs.items()}  # the median of repeated trials
     cpu = {}
-    for (system, n), trial in by.items():
+    for (system, n), value in by.items():
         other = by.get(("gateway", n))
-        if system == "baseline" and other and other["cpu_per_call_min"] > 0:
-            cpu[n] = trial["cpu_per_call_min"] / other["cpu_per_call_min"]
+        if system == "baseline" and other and other > 0:
+            cpu[n] = value / other
     out: dict[str, Any] = {"cpu_per_call_min": dict(sorted(cpu.items()))}
     for key in ("rss_kb_per_call", "pss_kb_per_call"):
         gateway, baseline = summary["gateway"].get(key), summary["baseline"].get(key)
         out[key] = baseline / gateway if gateway and baseline and gateway > 0 else None
     for key in ("max_n_held", "max_n_loss_ok"):
         out[key] = {system: _n_text(summary[system], key) for system in ("gateway", "baseline")}
+    out["held_counts"] = {system: summary[system]["held_counts"] for system in ("gateway", "baseline")}
     return out
 
 
@@ -214,8 +225,8 @@ def table(data: dict[str, Any]) -> str:
             f"| {_f(t.get('rss_kb'), '.0f', 1 / 1024)} | {_f(t.get('pss_kb'), '.0f', 1 / 1024)} "
             f"| {t.get('threads', NA)} | {loss} | {wire_lat} | {self_lat} | {setup} | {self_setup} | {held} |")
     lines += ["", "| system | N | machine busy % (100 per core) | SIPp, nginx, tcpdump % of a core | kernel drops "
-              "| own lost+late | transcoding dropped | RTMP frames dropped | reactor lag p99 ms | slowest stream kbit/s "
-              "| teardown s |",
+              "| own lost+late | transcoding dropped | RTMP frames dropped | reactor lag p99 ms "
+              "| slowest stream kbit/s | teardown s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in data["trials"]:
         if "skipped" in t:
@@ -224,11 +235,13 @@ def table(data: dict[str, Any]) -> str:
         lines.append(
             f"| {t['system']} | {t['calls']} | {_f(t.get('machine_busy_percent'), '.0f')} "
             f"| {_f(t.get('generators_cpu_percent'), '.0f')} | {t.get('kernel_drops', NA)} | {t.get('app_lost', NA)} "
-            f"| {detail.get('worker_dropped', NA)} | {detail.get('rtmp_dropped_frames', NA)} | {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} "
+            f"| {detail.get('worker_dropped', NA)} | {detail.get('rtmp_dropped_frames', NA)} "
+            f"| {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} "
             f"| {t.get('stream_kbit_min', NA)} | {t.get('teardown_s', NA)} |")
     summary = summarize(data)
     lines += ["", "| system | RSS per call MB | base RSS MB | PSS per call MB | base PSS MB | idle RSS MB "
-              "| largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops) | largest N with loss < 0.1 % |",
+              "| largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops) "
+              "| largest N with loss < 0.1 % |",
               "|---|---|---|---|---|---|---|---|"]
     for system, s in summary.items():
         lines.append(
@@ -276,9 +289,14 @@ def ratio_sentence(r: dict[str, Any]) -> str:
         parts.append(f"{label} {_f(r.get(key), '.1f')}")
     text = "baseline / gateway (above 1: the gateway needs less): " + "; ".join(parts) + ". "
     held, loss = r.get("max_n_held", {}), r.get("max_n_loss_ok", {})
-    text += (f"Largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops): gateway {held.get('gateway', NA)}, baseline "
-             f"{held.get('baseline', NA)}; on loss alone: gateway {loss.get('gateway', NA)}, baseline "
-             f"{loss.get('baseline', NA)} ('>=': every N tested held).")
+    text += (f"Largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops): gateway "
+             f"{held.get('gateway', NA)}, baseline {held.get('baseline', NA)}; on loss alone: gateway "
+             f"{loss.get('gateway', NA)}, baseline {loss.get('baseline', NA)} ('>=': every N tested held).")
+    counts = r.get("held_counts") or {}
+    if any(total > 1 for per_n in counts.values() for _, total in per_n.values()):
+        text += " Trials held per N: " + "; ".join(
+            f"{system} " + ", ".join(f"{n}: {held_n}/{total}" for n, (held_n, total) in per_n.items())
+            for system, per_n in counts.items()) + " (N held: all of its trials)."
     return text
 
 

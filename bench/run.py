@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py --quick                      # make bench: N = 1, 5, 10; 15 s windows
     .venv/bin/python bench/run.py --calls 1,10,20,40 --duration 60
     .venv/bin/python bench/run.py --systems baseline --calls 1,5,10
+    .venv/bin/python bench/run.py --calls 50,70,100 --repeat 3 --duration 20   # N held: all 3 trials held
 
 For each system and each N (a trial): a fresh far end (SIPp answering and sending 720p H.264 at ~1.5 Mbit/s and
 PCMU, from files made once by bench/media.py), the system (the gateway process, or N ffmpeg processes), N calls
@@ -98,7 +99,7 @@ class Trial:
     """One system with N calls."""
 
     def __init__(self, args: argparse.Namespace, procs: Processes, nginx: Nginx, media: Media,
-                 callapp: CallAppSink | None, system_name: str, n: int, run_dir: Path) -> None:
+                 callapp: CallAppSink | None, system_name: str, n: int, run_dir: Path, repeat: int = 0) -> None:
         self.args = args
         self.procs = procs
         self.nginx = nginx
@@ -106,9 +107,9 @@ class Trial:
         self.callapp = callapp
         self.system_name = system_name
         self.n = n
-        self.dir = run_dir / f"{system_name}-{n}"
+        self.dir = run_dir / (f"{system_name}-{n}" + (f"-{repeat + 1}" if repeat else ""))
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.result: dict[str, Any] = {"system": system_name, "calls": n}
+        self.result: dict[str, Any] = {"system": system_name, "calls": n, "repeat": repeat}
 
     def hold(self) -> float:
         return self.args.setup_timeout + self.args.warmup + self.args.duration + 15
@@ -325,6 +326,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--systems", default="gateway,baseline", help="gateway, baseline or both")
     parser.add_argument("--sample", type=int, default=2, help="calls per trial whose wire latency is captured")
     parser.add_argument("--quick", action="store_true", help="the short run of make bench (a few minutes)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="trials per system and N (default 1); N is held when every one of its trials held")
     parser.add_argument("--aac-rate", type=int, choices=(8000, 44100), default=8000,
                         help="AAC sample rate of both systems: 8000 is the issue's baseline command as written "
                              "(ffmpeg keeps PCMU's rate) and the gateway's aac_sample_rate=source; 44100 makes "
@@ -351,6 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown system {system!r}")
     if not args.call_counts or min(args.call_counts) < 1:
         parser.error("--calls needs positive numbers")
+    if args.repeat < 1:
+        parser.error("--repeat needs a positive number")
     return args
 
 
@@ -385,15 +390,16 @@ def main(argv: list[str] | None = None) -> int:
             for system in args.system_list:
                 collapsed: str | None = None
                 for n in args.call_counts:
-                    if collapsed is not None:
-                        results.append({"system": system, "calls": n, "skipped": collapsed})
-                        log(f"{system} N={n}: not run ({collapsed})")
-                        continue
-                    trial = Trial(args, procs, nginx, media, callapp, system, n, run_dir)
-                    result = trial.run()
-                    results.append(result)
-                    if "error" in result or (result.get("streams_ok") or 0) < n / 2:
-                        collapsed = f"N={n} already failed"
+                    for repeat in range(args.repeat):
+                        if collapsed is not None:
+                            results.append({"system": system, "calls": n, "skipped": collapsed})
+                            log(f"{system} N={n}: not run ({collapsed})")
+                            continue
+                        trial = Trial(args, procs, nginx, media, callapp, system, n, run_dir, repeat)
+                        result = trial.run()
+                        results.append(result)
+                        if "error" in result or (result.get("streams_ok") or 0) < n / 2:
+                            collapsed = f"N={n} already failed"
         except KeyboardInterrupt:
             interrupted = True
             log("interrupted: stopping every process of the run")

@@ -148,6 +148,36 @@ class WireTests(SynchronousTestCase):
                          ["streams 9/10", "loss", "p99"])
         self.assertFalse(trial(wire={})["held"])
 
+    def test_repeated_trials(self) -> None:
+        """With --repeat, N is held when every one of its trials held, the held trials are counted per N, and the
+        CPU ratio takes the median of each side's trials."""
+        from bench.report import ratio_sentence, ratios, summarize
+
+        def trial(system: str, n: int, held: bool, cpu: float) -> dict[str, Any]:
+            return {"system": system, "calls": n, "held": held, "streams_ok": n, "loss_pct": 0.0, "cpu_s": 1.0,
+                    "cpu_per_call_min": cpu, "rss_kb": 1000 * n, "pss_kb": 500 * n}
+
+        data = {"limits": {"loss_pct": 0.1}, "trials": [
+            trial("gateway", 50, True, 0.5), trial("gateway", 50, True, 0.7),
+            trial("gateway", 70, True, 0.5), trial("gateway", 70, False, 0.6), trial("gateway", 70, True, 0.9),
+            trial("gateway", 100, True, 0.5),
+            trial("baseline", 50, False, 0.8), trial("baseline", 50, False, 1.0),
+            trial("baseline", 70, False, 0.9), trial("baseline", 70, False, 0.9), trial("baseline", 70, False, 0.9),
+            trial("baseline", 100, False, 0.9)]}
+        summary = summarize(data)
+        self.assertEqual(summary["gateway"]["held_counts"], {50: (2, 2), 70: (2, 3), 100: (1, 1)})
+        self.assertEqual((summary["gateway"]["max_n_held"], summary["gateway"]["max_n_held_is_bound"]), (50, False))
+        self.assertEqual((summary["gateway"]["max_n_loss_ok"], summary["gateway"]["max_n_loss_ok_is_bound"]),
+                         (100, True))
+        self.assertIsNone(summary["baseline"]["max_n_held"])
+        r = ratios(data, summary)
+        self.assertAlmostEqual(r["cpu_per_call_min"][50], 0.9 / 0.6)
+        self.assertAlmostEqual(r["cpu_per_call_min"][70], 0.9 / 0.6)
+        self.assertIn("Trials held per N: gateway 50: 2/2, 70: 2/3, 100: 1/1; baseline 50: 0/2", ratio_sentence(r))
+        single = {"limits": data["limits"], "trials": [trial("gateway", 50, True, 0.5),
+                                                        trial("baseline", 50, False, 0.8)]}
+        self.assertNotIn("Trials held per N", ratio_sentence(ratios(single, summarize(single))))
+
     def test_fit(self) -> None:
         """RSS per call is the slope of a least-squares line over N, base its intercept."""
         slope, intercept = fit([(1, 12.0), (5, 20.0), (10, 30.0)]) or (0, 0)
