@@ -253,6 +253,10 @@ def table(data: dict[str, Any]) -> str:
     r = ratios(data, summary)
     if r:
         lines += ["", "Ratios " + ratio_sentence(r)]
+    else:
+        counts = held_counts_text({system: s["held_counts"] for system, s in summary.items()})
+        if counts:
+            lines += ["", counts]
     threads = [f"N={t['calls']}: " + ", ".join(f"{name} {sec:.2f}" for name, sec in t["cpu_threads_s"].items())
                + (f" (of the main thread: media read {t['media_read_cpu_s']:.2f}, media deliver "
                   f"{t['media_deliver_cpu_s']:.2f}"
@@ -292,12 +296,17 @@ def ratio_sentence(r: dict[str, Any]) -> str:
     text += (f"Largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops): gateway "
              f"{held.get('gateway', NA)}, baseline {held.get('baseline', NA)}; on loss alone: gateway "
              f"{loss.get('gateway', NA)}, baseline {loss.get('baseline', NA)} ('>=': every N tested held).")
-    counts = r.get("held_counts") or {}
-    if any(total > 1 for per_n in counts.values() for _, total in per_n.values()):
-        text += " Trials held per N: " + "; ".join(
-            f"{system} " + ", ".join(f"{n}: {held_n}/{total}" for n, (held_n, total) in per_n.items())
-            for system, per_n in counts.items()) + " (N held: all of its trials)."
-    return text
+    counts = held_counts_text(r.get("held_counts") or {})
+    return text + (" " + counts if counts else "")
+
+
+def held_counts_text(counts: dict[str, dict[int, tuple[int, int]]]) -> str:
+    """With repeated trials: the trials held per system and N (empty when every N had one trial)."""
+    if not any(total > 1 for per_n in counts.values() for _, total in per_n.values()):
+        return ""
+    return "Trials held per N: " + "; ".join(
+        f"{system} " + ", ".join(f"{n}: {held_n}/{total}" for n, (held_n, total) in per_n.items())
+        for system, per_n in counts.items()) + " (N held: all of its trials)."
 
 
 # ------------------------------------------------------------------------------------------------------- plot

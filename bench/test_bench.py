@@ -151,7 +151,7 @@ class WireTests(SynchronousTestCase):
     def test_repeated_trials(self) -> None:
         """With --repeat, N is held when every one of its trials held, the held trials are counted per N, and the
         CPU ratio takes the median of each side's trials."""
-        from bench.report import ratio_sentence, ratios, summarize
+        from bench.report import held_counts_text, ratio_sentence, ratios, summarize
 
         def trial(system: str, n: int, held: bool, cpu: float) -> dict[str, Any]:
             return {"system": system, "calls": n, "held": held, "streams_ok": n, "loss_pct": 0.0, "cpu_s": 1.0,
@@ -177,6 +177,9 @@ class WireTests(SynchronousTestCase):
         single = {"limits": data["limits"], "trials": [trial("gateway", 50, True, 0.5),
                                                         trial("baseline", 50, False, 0.8)]}
         self.assertNotIn("Trials held per N", ratio_sentence(ratios(single, summarize(single))))
+        gateway_only = {"limits": data["limits"], "trials": [t for t in data["trials"] if t["system"] == "gateway"]}
+        self.assertEqual(held_counts_text({"gateway": summarize(gateway_only)["gateway"]["held_counts"]}),
+                         "Trials held per N: gateway 50: 2/2, 70: 2/3, 100: 1/1 (N held: all of its trials).")
 
     def test_fit(self) -> None:
         """RSS per call is the slope of a least-squares line over N, base its intercept."""
