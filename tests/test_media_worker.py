@@ -384,29 +384,33 @@ class GateTests(SynchronousTestCase):
         self.run_until(reactor, lambda: bool(stopped))
         self.assertEqual(results[-1], "flushed")
 
-    def test_a_thread_that_falls_behind_goes_past_the_gate(self) -> None:
-        """While the gate is held items wait as long as few batches queue behind them; with ``gate_backlog``
-        batches waiting the item goes ahead (counted), and the next waits again; every result comes in order."""
+    def test_a_lane_that_falls_behind_goes_past_the_gate(self) -> None:
+        """While the gate is held an item waits as long as few items of its lane wait (itself included); with
+        ``gate_backlog`` of them it goes ahead (counted); every result comes back in order."""
         reactor = ThreadedFakeReactor()
         gate = threading.Lock()
-        pool = WorkerPool(reactor, 1, name=f"test-pool-{next(_names)}", gate=gate)
-        self.assertEqual(pool.gate_backlog, 5)
-        pool.gate_backlog = 3
+        pool = WorkerPool(reactor, 1, name=f"test-pool-{next(_names)}", gate=gate, batch_interval=0.02)
+        self.assertEqual(pool.gate_backlog, 3)
         results: list[str] = []
         lane = TranscodeWorker(reactor, EchoTranscoder, results.append, pool=pool, name="behind", max_queue=100)
         with gate:
-            self.assertTrue(lane.submit(MediaInput(b"0", 0.0)))  # a batch of its own (no batch interval)
+            for n in range(2):
+                self.assertTrue(lane.submit(MediaInput(b"%d" % n, float(n))))
+            reactor.advance(0.02)  # one batch of two
             for _ in range(int(WAIT * 1000)):
                 if pool.gate_waits:
                     break
                 threading.Event().wait(0.001)
             self.assertEqual((pool.gate_waits, pool.gate_skips, results), (1, 0, []))
-            for n in range(1, 4):  # three batches behind it: it goes ahead; the next ones have two behind them
-                self.assertTrue(lane.submit(MediaInput(b"%d" % n, float(n))))
-            self.run_until(reactor, lambda: results == ["0-out"])
-            self.assertEqual(pool.gate_skips, 1)
-        self.run_until(reactor, lambda: len(results) == 4)
-        self.assertEqual(results, ["0-out", "1-out", "2-out", "3-out"])
+            self.assertTrue(lane.submit(MediaInput(b"2", 2.0)))  # three waiting: the first goes ahead
+            for _ in range(int(WAIT * 1000)):  # ... and the second, two waiting, waits at the gate
+                if pool.gate_waits == 2:
+                    break
+                threading.Event().wait(0.001)
+            self.assertEqual((pool.gate_waits, pool.gate_skips), (2, 1))
+        reactor.advance(0.02)
+        self.run_until(reactor, lambda: len(results) == 3)
+        self.assertEqual(results, ["0-out", "1-out", "2-out"])
         self.assertEqual((pool.gate_waits, pool.gate_skips), (2, 1))
         lane.stop()
         stopped: list[object] = []

@@ -97,9 +97,11 @@ class WorkerPool:
         holds it while it reads and delivers media).  A pool thread starts no item while it is held: an item
         takes the GIL several times (FFmpeg runs without it, the Python around it with it), and each time the
         reactor, which needs it back at once, waits for the thread's next release.  Items then run while the
-        reactor waits for the next drain.  A thread that falls behind (``gate_backlog`` batches waiting for it,
-        100 ms of work with 20 ms batches) goes on regardless: on a loaded machine the reactor holds the gate most
-        of the time (also while the scheduler has it wait for a core), and the work must not starve."""
+        reactor waits for the next drain.  An item of a lane that falls behind (``gate_backlog`` items waiting
+        in it, the item included: 384 ms of AAC audio) goes on regardless: on a loaded machine the reactor holds
+        the gate most of the time (also while the scheduler has it wait for a core), and the work must not starve.
+        (Counting the batches queued for the thread instead was not enough: a reactor that runs late hands over
+        fewer, larger batches, and AAC frames were dropped at 100 calls.)"""
         if threads < 1:
             raise ValueError(f"a worker pool needs at least one thread, not {threads}")
         if batch_interval < 0:
@@ -107,7 +109,7 @@ class WorkerPool:
         self._reactor = reactor
         self.name = name
         self._gate = gate
-        self.gate_backlog = 5  # batches waiting for a thread from which on it no longer waits at the gate
+        self.gate_backlog = 3  # items waiting in a lane from which on its items no longer wait at the gate
         self.gate_recheck = 0.005  # seconds between looks at the backlog while waiting at the gate
         self.gate_waits = 0  # items that found the gate held (written by the pool threads)
         self.gate_skips = 0  # items that went ahead of a held gate because the thread was behind
@@ -199,21 +201,21 @@ class WorkerPool:
             gate = self._gate
             for lane, item in batch:
                 if gate is not None:
-                    self._pass_gate(gate, work)
+                    self._pass_gate(gate, lane)
                 lane._work(item, done)
             if done:
                 self._reactor.callFromThread(self._deliver, done)
 
-    def _pass_gate(self, gate: threading.Lock, work: queue.Queue[Any]) -> None:
-        """Wait (without the GIL) while the reactor holds ``gate``, unless this thread is behind: with
-        ``gate_backlog`` batches waiting behind the current one it goes ahead (a reactor that holds the gate most
-        of the time, on a loaded machine, must not starve the work, whose queues are bounded)."""
+    def _pass_gate(self, gate: threading.Lock, lane: TranscodeWorker[Any]) -> None:
+        """Wait (without the GIL) while the reactor holds ``gate``, unless ``lane`` is behind: with
+        ``gate_backlog`` of its items waiting (this one included) the item goes ahead (a reactor that holds the
+        gate most of the time, on a loaded machine, must not starve the work, whose queues are bounded)."""
         if gate.acquire(False):
             gate.release()
             return
         self.gate_waits += 1
         while not gate.acquire(timeout=self.gate_recheck):
-            if work.qsize() >= self.gate_backlog:
+            if lane._depth >= self.gate_backlog:  # read without the lane's lock: a late look is harmless
                 self.gate_skips += 1
                 return
         gate.release()
