@@ -322,6 +322,9 @@ def render(gateway: Any) -> str:
         out.metric("wcsgw_transcode_gate_waits_total", "counter",
                    "transcoding items that waited for the reactor to finish reading media or sending RTMP "
                    "(media_first)", [("", pool.gate_waits)])
+        out.metric("wcsgw_transcode_gate_skips_total", "counter",
+                   "of those, items that stopped waiting because their call's transcoding fell behind",
+                   [("", pool.gate_skips)])
 
     for name, value in sorted(agent.counters.items()):
         out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",

@@ -140,6 +140,7 @@ class MetricsTests(TestCase):
         self.assertGreaterEqual(during["wcsgw_media_datagrams_total"], total(during, "wcsgw_rtp_packets_received_total"))
         self.assertGreater(during["wcsgw_media_drains_total"], 0)
         self.assertIn("wcsgw_transcode_gate_waits_total", during)
+        self.assertEqual(during["wcsgw_transcode_gate_skips_total"], 0)  # one call: never behind
         for phase in ("read", "deliver", "send"):
             key = f'wcsgw_media_cpu_seconds_total{{phase="{phase}"}}'
             self.assertGreater(during[key], before.get(key, 0.0))

@@ -19,14 +19,16 @@ from __future__ import annotations
 import ctypes
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Protocol, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-__all__ = ["MediaInput", "Transcoder", "TranscodeWorker", "WorkerCounters", "WorkerPool", "WorkerReactor"]
+__all__ = ["MediaInput", "Transcoder", "TranscodeWorker", "WorkerCounters", "WorkerPool", "WorkerReactor",
+           "holding_if_free"]
 
 log = Logger()
 
@@ -79,6 +81,18 @@ class WorkerCounters:
 
 
 _STOP = object()  # the sentinel
+
+
+@contextmanager
+def holding_if_free(gate: threading.Lock | None) -> Iterator[None]:
+    """The reactor's side of a `WorkerPool` gate: hold ``gate`` for the block when it is free, else run the block
+    anyway (a pool thread holds it only for an instant; the reactor never waits for it)."""
+    held = gate is not None and gate.acquire(False)
+    try:
+        yield
+    finally:
+        if held:
+            gate.release()  # type: ignore[union-attr]
 
 
 class WorkerPool:

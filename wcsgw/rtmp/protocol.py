@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wcsgw.media.worker import holding_if_free
 from wcsgw.rtmp.flv import FlvTag
 from wcsgw.rtmp.session import Event, ProtocolError, RtmpClientSession
 from wcsgw.rtmp.url import RtmpUrl
@@ -253,9 +254,7 @@ class WriteBatch:
         self.batches += 1
         protocols, self._protocols = self._protocols, []
         self.sends += len(protocols)
-        gate = self.gate
-        gated = gate is not None and gate.acquire(False)
-        try:
+        with holding_if_free(self.gate):
             for protocol in protocols:
                 try:
                     protocol._send_queued()
@@ -263,9 +262,6 @@ class WriteBatch:
                     _log.failure("RTMP write failed; closing the connection")
                     if protocol.transport is not None:
                         protocol.transport.abortConnection()
-        finally:
-            if gated:
-                gate.release()  # type: ignore[union-attr]
         self.cpu += thread_time() - started
 
 

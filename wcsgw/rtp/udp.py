@@ -64,6 +64,8 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wcsgw.media.worker import holding_if_free
+
 log = Logger()
 
 MAX_DATAGRAM = 65535
@@ -278,9 +280,7 @@ class MediaSockets:
     def drain(self) -> None:
         """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it, socket by socket."""
         self.drains += 1
-        gate = self._gate
-        gated = gate is not None and gate.acquire(False)  # a pool thread holds it for a moment only: go on
-        try:
+        with holding_if_free(self._gate):
             started = thread_time()
             batch = self._read()
             read = thread_time()
@@ -294,9 +294,6 @@ class MediaSockets:
                     log.failure("media datagrams on port {port} failed", port=media._host[1])
             self.read_cpu += read - started
             self.deliver_cpu += thread_time() - read
-        finally:
-            if gated:
-                gate.release()  # type: ignore[union-attr]
 
     def _read(self) -> dict[MediaSocket, list[tuple[bytes, Any, float]]]:
         batch: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
