@@ -17,7 +17,7 @@ from typing import Any, cast
 import av
 import av.filter
 from av.video.frame import PictureType
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from wcsgw.media.transcoder import (
     AudioTranscoder,
@@ -329,6 +329,59 @@ class ThreadTests(SynchronousTestCase):
         for resampler in resamplers:
             self.assertTrue(resampler.resample(frame))
         self.assertEqual(len(os.listdir("/proc/self/task")), before)
+
+
+    def test_aac_encoding_starts_no_threads(self) -> None:
+        """AAC frames go to the encoder past PyAV's own resampler: three 8 kHz transcoders, encoding, add no OS
+        thread (PyAV's ``encode`` would build a filter graph per encoder, with two libavfilter threads that live
+        as long as the encoder)."""
+        import os
+
+        payloads = g711_payloads("pcm_mulaw", 0.5)
+        before = len(os.listdir("/proc/self/task"))
+        transcoders = [AudioTranscoder("PCMU", 8000, 1, sample_rate=8000) for _ in range(3)]
+        for transcoder in transcoders:
+            out = []
+            for i, payload in enumerate(payloads):
+                out.extend(transcoder.feed(payload, 20 * i))
+            self.assertTrue(out)
+        self.assertEqual(len(os.listdir("/proc/self/task")), before)
+
+
+class EncoderSenderTests(SynchronousTestCase):
+    def test_direct_sending_gives_what_encode_gives(self) -> None:
+        """Frames sent straight to the AAC encoder come out as the same packets, byte for byte and pts for pts,
+        as through PyAV's ``encode`` (whose resampler has nothing to change in them), flush included."""
+        from wcsgw.media.transcoder import encoder_sender
+
+        payloads = g711_payloads("pcm_mulaw", 1.0)
+        results = []
+        for direct in (True, False):
+            transcoder = AudioTranscoder("PCMU", 8000, 1, sample_rate=8000)
+            if not direct:
+                transcoder._send = transcoder._encoder.encode
+            else:
+                self.assertIsNot(transcoder._send, transcoder._encoder.encode)
+            out = transcode_audio(transcoder, payloads[:20] + payloads[26:])  # a gap, filled with silence
+            results.append([(o.timestamp_ms, o.data) for o in out])
+        self.assertGreater(len(results[0]), 5)
+        self.assertEqual(results[0], results[1])
+        encoder = av.CodecContext.create("aac", "w")
+        self.assertEqual(encoder_sender(encoder), encoder.encode)  # not open: PyAV's encode opens it
+
+    def test_another_frame_size_takes_encode(self) -> None:
+        """An encoder whose frame size is not AAC's gets PyAV's ``encode`` (which would cut frames to it)."""
+        from wcsgw.media.transcoder import encoder_sender
+
+        encoder = av.CodecContext.create("libopus" if "libopus" in av.codecs_available else "aac", "w")
+        encoder.sample_rate = 48000
+        encoder.layout = "mono"
+        encoder.format = encoder.codec.audio_formats[0].name
+        encoder.time_base = Fraction(1, 48000)
+        encoder.open()
+        if encoder.frame_size == 1024:
+            raise SkipTest("no encoder with another frame size here")
+        self.assertEqual(encoder_sender(encoder), encoder.encode)
 
 
 class AudioPassthroughTests(SynchronousTestCase):

@@ -208,6 +208,28 @@ def _drop_head(frame: AudioFrame, samples: int) -> AudioFrame | None:
     return fifo.read()
 
 
+def encoder_sender(encoder: AudioCodecContext) -> Callable[[AudioFrame | None], list[Packet[Any]]]:
+    """What to hand ``encoder``'s frames to (None: flush): straight to ``avcodec_send_frame``, past PyAV's
+    ``encode``, when ``encoder`` is open and cuts frames of ``AAC_FRAME_SIZE`` samples.
+
+    PyAV's ``AudioCodecContext.encode`` runs every frame through an ``AudioResampler`` of its own, which, for an
+    encoder with a fixed frame size (AAC), never passes a frame through: per frame a filter graph push and two
+    pulls, each a ``nogil`` section after which the thread takes the GIL again (3 of the 6 an AAC frame took),
+    and a graph that starts two idle libavfilter threads per encoder.  The frames given here come out of our
+    FIFO already in the encoder's sample format, layout, rate, frame size and time base, so that graph changes
+    nothing (``tests/test_media_transcoder.py`` checks the bytes are the same).  ``_send_frame_and_recv`` is the
+    step of PyAV's ``encode`` after the resampler (a Python-visible method of its Cython class); a PyAV without it
+    gets ``encode``."""
+    direct = getattr(encoder, "_send_frame_and_recv", None)
+    if direct is None or not encoder.is_open or encoder.frame_size != AAC_FRAME_SIZE:
+        return cast("Callable[[AudioFrame | None], list[Packet[Any]]]", encoder.encode)
+
+    def send(frame: AudioFrame | None) -> list[Packet[Any]]:
+        return list(direct(frame))
+
+    return send
+
+
 class AudioTranscoder:
     """RTP audio payloads (G.711, Opus, Speex) to AAC-LC frames, or passed through for G.711 and Speex.
 
@@ -335,7 +357,7 @@ class AudioTranscoder:
         if self.output == "passthrough":
             return []
         out = self._end_segment()
-        out.extend(self._packets(self._encoder.encode(None)))
+        out.extend(self._packets(self._send(None)))
         # The encoder cannot take frames after a flush: a later feed starts a fresh one (same extradata).
         self._encoder = self._open_encoder()
         return out
@@ -343,6 +365,7 @@ class AudioTranscoder:
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _open_encoder(self) -> AudioCodecContext:
+        """A fresh AAC encoder, open, and ``_send`` set to feed it (see `encoder_sender`)."""
         encoder = av.CodecContext.create("aac", "w")
         encoder.sample_rate = self.sample_rate
         encoder.layout = self._out_layout
@@ -352,6 +375,7 @@ class AudioTranscoder:
         encoder.thread_count = self._thread_count
         encoder.options = {"aac_coder": self._coder}
         encoder.open()
+        self._send = encoder_sender(encoder)
         return encoder
 
     def _new_resampler(self) -> _Resampler:
@@ -432,7 +456,7 @@ class AudioTranscoder:
             self._segment_consumed += AAC_FRAME_SIZE
             self._next_pts = frame.pts + AAC_FRAME_SIZE
             try:
-                packets = self._encoder.encode(frame)
+                packets = self._send(frame)
             except av.FFmpegError as exc:
                 self.counters.encode_errors += 1
                 log.warn("AAC encode error: {exc}", exc=exc)
