@@ -622,6 +622,53 @@ class G711TableTests(SynchronousTestCase):
         self.assertIsNone(AudioTranscoder("PCMU", 8000, 1)._g711_table)  # 44.1 kHz: resampled as before
 
 
+    def test_g711_lane_follows_the_timeline_as_the_general_path(self) -> None:
+        """The G.711 lane (float samples gathered in a buffer, cut into one frame used again) gives the AAC of the
+        general path, byte for byte, through every turn of the timeline: a gap filled, audio behind the stream
+        trimmed, a late duplicate dropped, a long gap that ends the segment, a jump backwards, and the flush."""
+        payloads = g711_payloads("pcm_mulaw", 4.0)
+        times = [20.0 * i for i in range(len(payloads))]
+        times[40:] = [t + 60 for t in times[40:]]  # a 60 ms gap: filled with silence
+        times[70:] = [t - 18 for t in times[70:]]  # 18 ms behind the stream: trimmed
+        times[100:] = [t + 1500 for t in times[100:]]  # 1.5 s: a new segment
+        times[150:] = [t - 5000 for t in times[150:]]  # a jump back: rebased
+        order = list(range(len(payloads)))
+        order.insert(120, 110)  # a late duplicate: dropped
+        results = []
+        for lane in (True, False):
+            transcoder = AudioTranscoder("PCMU", 8000, 1, sample_rate=8000)
+            if not lane:
+                transcoder._g711_table = None
+            out: list[EncodedAudio] = []
+            for i in order:
+                out.extend(transcoder.feed(payloads[i], times[i]))
+            out.extend(transcoder.flush())
+            out.extend(transcoder.feed(payloads[0], 20000.0))  # after a flush: a fresh encoder
+            out.extend(transcoder.flush())
+            counters = transcoder.counters
+            results.append(([(o.timestamp_ms, o.data) for o in out],
+                            (counters.gaps_filled, counters.trims, counters.drops, counters.discontinuities)))
+        self.assertEqual(results[0][1], (1, 1, 1, 2))
+        self.assertEqual(results[0], results[1])
+
+    def test_g711_lane_uses_one_frame(self) -> None:
+        """Every AAC frame of the G.711 lane is cut into the same PyAV frame (each frame PyAV makes or frees lets
+        go of the GIL and takes it back)."""
+        transcoder = AudioTranscoder("PCMU", 8000, 1, sample_rate=8000)
+        sent: list[Any] = []
+        send = transcoder._send
+
+        def spy(frame: Any) -> Any:
+            sent.append(frame)
+            return send(frame)
+
+        transcoder._send = spy
+        self.assertTrue(transcode_audio(transcoder, g711_payloads("pcm_mulaw", 1.0)))
+        frames = [frame for frame in sent if frame is not None]
+        self.assertGreater(len(frames), 5)
+        self.assertEqual({id(frame) for frame in frames}, {id(frames[0])})
+
+
 class CoderTests(SynchronousTestCase):
     def test_coder_reaches_the_encoder(self) -> None:
         """The AAC coder is FFmpeg's aac_coder option (fast by default): fast and twoloop encode the same input

@@ -311,10 +311,16 @@ class AudioTranscoder:
         self._encoder = self._open_encoder()
         self.audio_specific_config = bytes(self._encoder.extradata or b"")
         self._resampler = self._new_resampler()
-        # G.711 to AAC at 8 kHz mono: samples straight from a table into float frames for the FIFO, no decoder
-        # call, no resampler (half the worker's time outside the encoder, all of it holding the GIL)
+        # G.711 to AAC at 8 kHz mono: samples straight from a table into ``_pcm`` (float32 bytes, the encoder's
+        # format), no decoder call, no resampler (half the worker's time outside the encoder, all of it holding
+        # the GIL), and no PyAV frame per payload nor FIFO: AAC frames are cut from ``_pcm`` into one frame, used
+        # again and again (PyAV lets go of the GIL to allocate and to free every frame, and every such time the
+        # thread must take it back from the reactor).  Safe: the encoder copies a frame that, like PyAV's, does
+        # not count references (``avcodec_send_frame``: the frame stays the caller's).
         self._g711_table = (_G711_FLOAT[key] if key in _G711_FLOAT and channels == 1 and output_channels == 1
                             and sample_rate == self._in_rate else None)
+        self._pcm = bytearray()
+        self._pcm_frame: AudioFrame | None = None
         self._fifo = av.AudioFifo()
         # The current segment: a run of samples without a discontinuity.
         self._segment_start_ms: float | None = None  # input time of the segment's first sample
@@ -335,10 +341,7 @@ class AudioTranscoder:
         if self.output == "passthrough":
             return [self._emit(timestamp_ms, bytes(payload))]
         if self._g711_table is not None:
-            frame = AudioFrame(format="fltp", layout="mono", samples=len(payload))
-            frame.sample_rate = self._in_rate
-            frame.planes[0].update(g711_to_float(payload, self._g711_table))
-            return self._accept(frame, timestamp_ms + self._rebase_ms)
+            return self._accept(g711_to_float(payload, self._g711_table), timestamp_ms + self._rebase_ms)
         try:
             frames = self._decoder.decode(av.Packet(bytes(payload)))
         except av.FFmpegError as exc:
@@ -385,9 +388,10 @@ class AudioTranscoder:
         assert self._segment_start_ms is not None
         return self._segment_start_ms + self._segment_in_samples * 1000.0 / self._in_rate
 
-    def _accept(self, frame: AudioFrame, start_ms: float) -> list[EncodedAudio]:
+    def _accept(self, frame: AudioFrame | bytearray, start_ms: float) -> list[EncodedAudio]:
+        """Put audio starting at input time ``start_ms`` on the stream's timeline: a decoded frame, or float32
+        samples of the G.711 lane."""
         out: list[EncodedAudio] = []
-        frame.pts = None  # the timeline is ours; PyAV's FIFO would reject pts jumps
         if self._segment_start_ms is None:
             self._start_segment(start_ms)
         else:
@@ -399,13 +403,17 @@ class AudioTranscoder:
             elif delta_ms > self._resync_ms:
                 self.counters.gaps_filled += 1
                 fill = round(delta_ms * self._in_rate / 1000.0)
-                self._write(_silence(frame.format.name, frame.layout.name, self._in_rate, fill))
+                if isinstance(frame, bytearray):
+                    self._write(bytearray(4 * fill))
+                else:
+                    self._write(_silence(frame.format.name, frame.layout.name, self._in_rate, fill))
             elif delta_ms < -self._max_fill_ms:
                 # A large jump backwards (a reset timeline upstream): carry on from where the stream is.
                 self._rebase_ms -= delta_ms
                 self.counters.discontinuities += 1
             elif delta_ms < -self._resync_ms:
-                trimmed = _drop_head(frame, round(-delta_ms * self._in_rate / 1000.0))
+                head = round(-delta_ms * self._in_rate / 1000.0)
+                trimmed = (frame[4 * head:] or None) if isinstance(frame, bytearray) else _drop_head(frame, head)
                 if trimmed is None:
                     self.counters.drops += 1
                     return out
@@ -421,14 +429,18 @@ class AudioTranscoder:
         self._segment_consumed = 0
         self._segment_pts = max(self._next_pts, round(start_ms * self.sample_rate / 1000.0))
 
-    def _write(self, frame: AudioFrame | None) -> None:
-        """Resample ``frame`` into the FIFO (None drains the resampler)."""
-        if frame is not None:
-            self._segment_in_samples += frame.samples
-        if self._g711_table is not None:  # already the encoder's format, rate and layout
-            if frame is not None:
-                self._fifo.write(frame)
+    def _write(self, frame: AudioFrame | bytearray | None) -> None:
+        """Resample ``frame`` into the FIFO (None drains the resampler); the G.711 lane's samples go to ``_pcm``."""
+        if isinstance(frame, bytearray):  # already the encoder's format, rate and layout
+            self._segment_in_samples += len(frame) >> 2
+            self._pcm += frame
             return
+        if frame is None:
+            if self._g711_table is not None:
+                return
+        else:
+            self._segment_in_samples += frame.samples
+            frame.pts = None  # the timeline is ours; PyAV's FIFO would reject pts jumps
         for resampled in self._resampler.resample(frame):
             resampled.pts = None  # the FIFO would insist on continuous pts; the timeline is ours
             self._fifo.write(resampled)
@@ -444,12 +456,18 @@ class AudioTranscoder:
 
     def _drain(self, *, final: bool) -> list[EncodedAudio]:
         out: list[EncodedAudio] = []
-        pending = self._fifo.samples
+        lane = self._g711_table is not None
+        pending = len(self._pcm) >> 2 if lane else self._fifo.samples
         if final and pending % AAC_FRAME_SIZE:
             pad = AAC_FRAME_SIZE - pending % AAC_FRAME_SIZE
-            self._fifo.write(_silence("fltp", self._out_layout, self.sample_rate, pad))
-        while self._fifo.samples >= AAC_FRAME_SIZE:
-            frame = self._fifo.read(AAC_FRAME_SIZE)
+            pending += pad
+            if lane:
+                self._pcm += bytes(4 * pad)
+            else:
+                self._fifo.write(_silence("fltp", self._out_layout, self.sample_rate, pad))
+        while pending >= AAC_FRAME_SIZE:
+            pending -= AAC_FRAME_SIZE
+            frame = self._pcm_frame_next() if lane else self._fifo.read(AAC_FRAME_SIZE)
             assert frame is not None
             frame.pts = self._segment_pts + self._segment_consumed
             frame.time_base = self._encoder.time_base
@@ -463,6 +481,17 @@ class AudioTranscoder:
                 continue
             out.extend(self._packets(packets))
         return out
+
+    def _pcm_frame_next(self) -> AudioFrame:
+        """The G.711 lane's next AAC frame of samples, taken out of ``_pcm`` into the lane's one frame."""
+        frame = self._pcm_frame
+        if frame is None:
+            frame = self._pcm_frame = AudioFrame(format="fltp", layout=self._out_layout, samples=AAC_FRAME_SIZE)
+            frame.sample_rate = self.sample_rate
+        size = 4 * AAC_FRAME_SIZE
+        frame.planes[0].update(self._pcm[:size])
+        del self._pcm[:size]
+        return frame
 
     def _packets(self, packets: Sequence[Packet[Any]]) -> list[EncodedAudio]:
         out = []
