@@ -1,11 +1,13 @@
-"""Tests for wcsgw.metrics: histograms, quantiles and the reactor lag monitor."""
+"""Tests for wcsgw.metrics: histograms, quantiles, the reactor lag monitor and the garbage collector's."""
 
 from __future__ import annotations
+
+import gc
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from wcsgw.metrics import Histogram, MediaTotals, ReactorLagMonitor
+from wcsgw.metrics import GcMonitor, Histogram, MediaTotals, ReactorLagMonitor
 
 
 class HistogramTests(SynchronousTestCase):
@@ -58,3 +60,60 @@ class LagTests(SynchronousTestCase):
         self.assertEqual(monitor.histogram.count, 2)
         monitor.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class GcMonitorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        threshold = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *threshold)
+        self.addCleanup(gc.unfreeze)
+
+    def test_counts_collections_and_their_pauses(self) -> None:
+        """While started, each collection is counted by generation with its pause (the clock read at its start
+        and its end), the longest kept; stopped, nothing more is counted."""
+        ticks = iter([10.0, 10.25, 20.0, 20.125, 30.0, 30.5])
+        monitor = GcMonitor(clock=lambda: next(ticks))
+        monitor.start()
+        gc.collect(1)
+        gc.collect(1)
+        gc.collect(2)
+        self.assertEqual(monitor.collections, [0, 2, 1])
+        self.assertEqual(monitor.seconds, [0.0, 0.375, 0.5])
+        self.assertEqual(monitor.max, [0.0, 0.25, 0.5])
+        monitor.stop()
+        self.assertNotIn(monitor._callback, gc.callbacks)
+        gc.collect(0)
+        self.assertEqual(monitor.collections, [0, 2, 1])
+
+    def test_counts_what_collections_find(self) -> None:
+        """The unreachable objects a collection frees are counted (a reference cycle: two)."""
+        monitor = GcMonitor()
+        monitor.start()
+        self.addCleanup(monitor.stop)
+        gc.collect()
+        before = sum(monitor.collected)
+        cycle: list[object] = []
+        cycle.append(cycle)
+        other: dict[str, object] = {"self": None}
+        other["self"] = other
+        del cycle, other
+        gc.collect()
+        self.assertGreaterEqual(sum(monitor.collected) - before, 2)
+
+    def test_freezes_and_sets_the_threshold_while_started(self) -> None:
+        """``freeze``: what exists at start goes to the permanent generation (collections skip it); ``threshold``
+        sets the youngest generation's.  Stopping gives both back as they were."""
+        gc.set_threshold(700, 11, 12)
+        monitor = GcMonitor(freeze=True, threshold=12345)
+        monitor.start()
+        self.assertEqual(gc.get_threshold(), (12345, 11, 12))
+        self.assertGreater(gc.get_freeze_count(), 1000)
+        self.assertEqual(monitor.frozen, gc.get_freeze_count())
+        monitor.stop()
+        self.assertEqual(gc.get_threshold(), (700, 11, 12))
+        self.assertEqual(gc.get_freeze_count(), 0)
+        self.assertEqual(monitor.frozen, 0)
+        plain = GcMonitor()
+        plain.start()
+        self.assertEqual((gc.get_threshold(), gc.get_freeze_count()), ((700, 11, 12), 0))
+        plain.stop()

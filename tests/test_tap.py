@@ -12,6 +12,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from wcsgw import config
+from wcsgw.metrics import render
 from wcsgw.tap import GatewayService, Options, transcode_thread_count
 
 
@@ -183,6 +184,32 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(sys.getswitchinterval(), 0.001)
         self.successResultOf(service.stopService())
         self.assertEqual(sys.getswitchinterval(), 0.004)
+
+    def test_garbage_collector_tuned_while_running(self) -> None:
+        """Started, the gateway freezes what start-up made (full collections skip it) and sets the youngest
+        generation's threshold (``gc_freeze``, ``gc_threshold``); its collections show in /metrics; stopping
+        gives the collector back as it was.  ``gc_freeze=false`` and ``gc_threshold=0`` leave it alone."""
+        import gc
+
+        threshold = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *threshold)
+        self.addCleanup(gc.unfreeze)
+        service = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp()}))
+        service.startService()
+        self.assertGreater(gc.get_freeze_count(), 1000)
+        self.assertEqual(gc.get_threshold()[0], 20_000)
+        gc.collect(0)
+        page = render(service)
+        self.assertIn('wcsgw_gc_collections_total{generation="0"} ', page)
+        self.assertIn(f"wcsgw_gc_frozen_objects {service.gc.frozen}", page)
+        self.assertGreaterEqual(service.gc.collections[0], 1)
+        self.successResultOf(service.stopService())
+        self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, threshold))
+        service = GatewayService(MemoryReactorUdp(), config.build_settings(
+            {"state_dir": self.mktemp(), "gc_freeze": False, "gc_threshold": 0}))
+        service.startService()
+        self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, threshold))
+        self.successResultOf(service.stopService())
 
     def test_production_profile_adds_https_and_generates_certificate(self) -> None:
         """Production serves HTTP and HTTPS on every interface and makes a self-signed certificate once."""

@@ -24,7 +24,7 @@ from wcsgw.backend import GatewayBackend, default_public_address
 from wcsgw.calls import CallManager, new_node_id
 from wcsgw.events import CallAppNotifier, TreqPoster
 from wcsgw.media.worker import WorkerPool
-from wcsgw.metrics import ReactorLagMonitor, render
+from wcsgw.metrics import GcMonitor, ReactorLagMonitor, render
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
 from wcsgw.rest.tls import certificate_paths, server_context
@@ -157,6 +157,7 @@ class GatewayService(service.MultiService):
         if settings.production:
             credentials = CredentialStore(state_dir / CREDENTIALS_FILE, reactor)
         self.lag = ReactorLagMonitor(reactor)
+        self.gc = GcMonitor(freeze=settings.gc_freeze, threshold=settings.gc_threshold)
         self.rtmp_writes = write_batch(reactor)
         self.api = RestApi(self.manager, reactor, default_dtmf=settings.dtmf, metrics=lambda: render(self))
         site = Site(ApiResource(self.api.app.resource(), reactor, credentials))
@@ -185,6 +186,7 @@ class GatewayService(service.MultiService):
         self.agent.start()
         self.lag.start()
         super().startService()
+        self.gc.start()  # last: what start-up made is frozen
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -207,6 +209,7 @@ class GatewayService(service.MultiService):
         if self.media_sockets is not None:
             self.media_sockets.close()
         sys.setswitchinterval(self._switch_interval)
+        self.gc.stop()
 
 
 def makeService(options: Options) -> service.IService:
