@@ -173,6 +173,14 @@ def _f(value: Any, spec: str = ".2f", scale: float = 1.0) -> str:
     return format(value * scale, spec)
 
 
+def _gc_text(trial: dict[str, Any]) -> str:
+    """The gateway's garbage collections in the window: full ones (their pauses in ms) / every pause in ms."""
+    if trial.get("gc_full") is None:
+        return NA
+    return (f"{trial['gc_full']} ({_f(trial.get('gc_full_pause_s'), '.0f', 1e3)}) "
+            f"/ {_f(trial.get('gc_pause_s'), '.0f', 1e3)}")
+
+
 def _ok(trial: dict[str, Any]) -> str:
     return NA if trial.get("streams_ok") is None else f"{trial['streams_ok']}/{trial['calls']}"
 
@@ -226,8 +234,8 @@ def table(data: dict[str, Any]) -> str:
             f"| {t.get('threads', NA)} | {loss} | {wire_lat} | {self_lat} | {setup} | {self_setup} | {held} |")
     lines += ["", "| system | N | machine busy % (100 per core) | SIPp, nginx, tcpdump % of a core | kernel drops "
               "| own lost+late | transcoding dropped | RTMP frames dropped | reactor lag p99 ms "
-              "| slowest stream kbit/s | teardown s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| GC full collections (ms) / all ms | slowest stream kbit/s | teardown s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in data["trials"]:
         if "skipped" in t:
             continue
@@ -236,7 +244,7 @@ def table(data: dict[str, Any]) -> str:
             f"| {t['system']} | {t['calls']} | {_f(t.get('machine_busy_percent'), '.0f')} "
             f"| {_f(t.get('generators_cpu_percent'), '.0f')} | {t.get('kernel_drops', NA)} | {t.get('app_lost', NA)} "
             f"| {detail.get('worker_dropped', NA)} | {detail.get('rtmp_dropped_frames', NA)} "
-            f"| {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} "
+            f"| {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} | {_gc_text(t)} "
             f"| {t.get('stream_kbit_min', NA)} | {t.get('teardown_s', NA)} |")
     summary = summarize(data)
     lines += ["", "| system | RSS per call MB | base RSS MB | PSS per call MB | base PSS MB | idle RSS MB "

@@ -280,6 +280,8 @@ class Gateway:
     DROPPED = "wcsgw_rtp_packets_dropped_total"  # malformed, unexpected source, payload type...
     RTMP_DROPPED = "wcsgw_rtmp_dropped_frames_total"  # not sent to RTMP (waiting for a keyframe, back-pressure)
     WORKER_DROPPED = "wcsgw_worker_dropped_total"
+    GC_COLLECTIONS = "wcsgw_gc_collections_total"  # counter, generation="0" | "1" | "2"
+    GC_PAUSE = "wcsgw_gc_pause_seconds_total"  # counter, generation
 
     def __init__(self, procs: Processes, workdir: Path, media: Media, *, callapp: CallAppSink,
                  extra_args: list[str] | None = None) -> None:
@@ -395,6 +397,13 @@ class Gateway:
             spent = metric_sum(after, self.MEDIA_CPU, phase=phase)
             if spent is not None:
                 out[f"media_{phase}_cpu_s"] = round(spent - (metric_sum(before, self.MEDIA_CPU, phase=phase) or 0.0), 3)
+        full = metric_sum(after, self.GC_COLLECTIONS, generation="2")
+        if full is not None:  # the garbage collector's full collections in the window, and their pauses
+            out["gc_full"] = int(full - (metric_sum(before, self.GC_COLLECTIONS, generation="2") or 0.0))
+            out["gc_full_pause_s"] = round((metric_sum(after, self.GC_PAUSE, generation="2") or 0.0)
+                                           - (metric_sum(before, self.GC_PAUSE, generation="2") or 0.0), 4)
+            out["gc_pause_s"] = round((metric_sum(after, self.GC_PAUSE) or 0.0)
+                                      - (metric_sum(before, self.GC_PAUSE) or 0.0), 4)
         (lag_p99,), lag_count = histogram_quantiles(before, after, self.LAG, (0.99,))
         if lag_count:
             out["reactor_lag_p99"] = lag_p99

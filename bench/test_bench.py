@@ -24,6 +24,12 @@ wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="+Inf"} 10
 wcsgw_rtp_packets_received_total 1000
 wcsgw_rtp_packets_lost_total 3
 wcsgw_rtp_packets_late_total 1
+wcsgw_gc_collections_total{generation="0"} 40
+wcsgw_gc_collections_total{generation="1"} 4
+wcsgw_gc_collections_total{generation="2"} 1
+wcsgw_gc_pause_seconds_total{generation="0"} 0.02
+wcsgw_gc_pause_seconds_total{generation="1"} 0.01
+wcsgw_gc_pause_seconds_total{generation="2"} 0.05
 """
 AFTER = """\
 wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.001"} 60
@@ -37,6 +43,12 @@ wcsgw_call_setup_seconds_bucket{le="0.1"} 0
 wcsgw_call_setup_seconds_bucket{le="0.2"} 1
 wcsgw_call_setup_seconds_bucket{le="0.3"} 2
 wcsgw_call_setup_seconds_bucket{le="+Inf"} 2
+wcsgw_gc_collections_total{generation="0"} 90
+wcsgw_gc_collections_total{generation="1"} 9
+wcsgw_gc_collections_total{generation="2"} 3
+wcsgw_gc_pause_seconds_total{generation="0"} 0.05
+wcsgw_gc_pause_seconds_total{generation="1"} 0.03
+wcsgw_gc_pause_seconds_total{generation="2"} 0.2
 """
 
 
@@ -83,6 +95,12 @@ class PrometheusTests(SynchronousTestCase):
         self.assertEqual(counters["self_latency_count"], 100)
         self.assertEqual((counters["self_setup_count"], counters["self_setup_p50"], counters["self_setup_max"]),
                          (2, 0.2, 0.3))
+        # the garbage collector in the window: 2 full collections of 150 ms in all, 200 ms of pauses in all
+        self.assertEqual((counters["gc_full"], counters["gc_full_pause_s"], counters["gc_pause_s"]), (2, 0.15, 0.2))
+        from bench.report import _gc_text
+
+        self.assertEqual(_gc_text(counters), "2 (150) / 200")
+        self.assertEqual(_gc_text({}), "n/a")
 
     def test_gateway_without_metrics(self) -> None:
         """A gateway without /metrics gives no counters at all: the report prints n/a."""

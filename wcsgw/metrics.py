@@ -128,14 +128,14 @@ class GcMonitor:
 
         if self._callback in gc.callbacks:
             return
+        if self.freeze:
+            gc.collect()  # start-up's garbage goes first (not counted: the counts are of the running gateway)
+            gc.freeze()
+            self.frozen = gc.get_freeze_count()
         gc.callbacks.append(self._callback)
         if self.threshold:
             self._saved_threshold = gc.get_threshold()
             gc.set_threshold(self.threshold, *self._saved_threshold[1:])
-        if self.freeze:
-            gc.collect()
-            gc.freeze()
-            self.frozen = gc.get_freeze_count()
 
     def stop(self) -> None:
         import gc
