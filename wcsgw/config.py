@@ -261,7 +261,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gc_threshold", _parse_int(0, 10_000_000), 20_000,
             "allocations between collections of the youngest generation (0: Python's 700); higher lets the "
             "short-lived objects of media go before a collection sees them, so fewer reach the generations whose "
-            "growth sets off full collections (with gc_freeze, 100 calls of the bench: none in 20 s)",
+            "growth sets off full collections (100 calls of the bench, with gc_freeze: 17-23 ms of collections "
+            "in 20 s and no full one, against 461-506 ms and two full ones with neither setting)",
             "gc-threshold"),
     Setting("srtp", _parse_bool, False,
             "offer SRTP (RTP/SAVP, SDES a=crypto) on every call; a callee written sips:NAME asks for it per call"),
