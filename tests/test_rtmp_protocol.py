@@ -145,6 +145,83 @@ class DirectWriteTests(TestCase):
         yield listener.lost
 
     @inlineCallbacks
+    def test_held_audio_goes_with_the_next_write(self) -> Any:
+        """A held write (audio of a video connection) is not sent at the end of its turn: it waits for the
+        connection's next write, and both go in one send, in order."""
+        received, protocol, listener = yield self.connected(Collector)
+        handshake = 1 + 1536
+        yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
+        turns = write_batch(reactor)
+        sends, held, alone = turns.sends, turns.held, turns.held_alone
+        protocol._write([b"audio,"], hold=True)
+        protocol._write([b"more audio,"], hold=True)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual((turns.sends, len(received)), (sends, handshake))  # nothing went
+        protocol._write([b"video"])
+        yield wait_for(lambda: len(received) >= handshake + 22, what="every byte at the peer", timeout=30)
+        self.assertEqual(bytes(received[handshake:]), b"audio,more audio,video")
+        self.assertEqual((turns.sends, turns.held, turns.held_alone), (sends + 1, held + 1, alone))
+        self.assertIsNone(turns._hold_call)  # nothing else waits: no timer is left
+        protocol.transport.loseConnection()
+        yield listener.lost
+
+    @inlineCallbacks
+    def test_a_connection_lost_while_held_leaves_nothing_waiting(self) -> Any:
+        """A connection that ends with held writes takes them out of the batch: no timer is left behind."""
+        received, protocol, listener = yield self.connected(Collector)
+        yield wait_for(lambda: len(received) >= 1 + 1536, what="the handshake at the peer", timeout=30)
+        turns = write_batch(reactor)
+        protocol._write([b"audio"], hold=True)
+        self.assertIs(protocol._held, turns)
+        self.assertIsNotNone(turns._hold_call)
+        protocol.abort()
+        yield listener.lost
+        self.assertEqual((protocol._held, protocol._queued, turns._hold_call), (None, [], None))
+
+    @inlineCallbacks
+    def test_held_audio_goes_alone_after_hold_max(self) -> Any:
+        """A held write that no other write follows goes by itself once ``hold_max`` is up; a write queued
+        behind a write of the turn that does not hold goes with it."""
+        received, protocol, listener = yield self.connected(Collector)
+        handshake = 1 + 1536
+        yield wait_for(lambda: len(received) >= handshake, what="the handshake at the peer", timeout=30)
+        turns = write_batch(reactor)
+        alone = turns.held_alone
+        protocol._write([b"audio"], hold=True)
+        yield wait_for(lambda: len(received) >= handshake + 5, what="the held write at the peer", timeout=30)
+        self.assertEqual(turns.held_alone, alone + 1)
+        held = turns.held
+        protocol._write([b",video"])
+        protocol._write([b",audio"], hold=True)
+        yield wait_for(lambda: len(received) >= handshake + 17, what="every byte at the peer", timeout=30)
+        self.assertEqual(bytes(received[handshake:]), b"audio,video,audio")
+        self.assertEqual((turns.held, turns.held_alone), (held, alone + 1))
+        protocol.transport.loseConnection()
+        yield listener.lost
+
+    def test_audio_is_held_on_video_connections_only(self) -> None:
+        """``send_tag``: a video tag is written at once and marks the connection as carrying video; from then on
+        an audio tag may wait (``hold``); before, and for script data, nothing waits."""
+        from wcsgw.rtmp.flv import FlvTag, TagType
+
+        protocol = RtmpClientProtocol(lambda: RtmpClientSession(parse("rtmp://127.0.0.1/live"), "s", 0.0),
+                                      Listener())
+        sent: list[tuple[int, bool]] = []
+
+        class Session:
+            def send_tag(self, tag: FlvTag, timestamp_ms: Any) -> None:
+                sent.append((int(tag.tag_type), False))
+
+        protocol.session = Session()  # type: ignore[assignment]
+        protocol.flush = lambda force=False, hold=False: sent.__setitem__(-1, (sent[-1][0], hold))  # type: ignore
+        audio = FlvTag(TagType.AUDIO, 0, b"\xaf\x01")
+        video = FlvTag(TagType.VIDEO, 0, b"\x27\x01\x00\x00\x00")
+        script = FlvTag(TagType.SCRIPT, 0, b"\x02\x00\x00")
+        for tag in (audio, video, audio, script, video):
+            protocol.send_tag(tag)
+        self.assertEqual(sent, [(8, False), (9, False), (8, True), (18, False), (9, False)])
+
+    @inlineCallbacks
     def test_close_sends_what_is_queued_first(self) -> Any:
         """``close`` in the turn of a write: the peer still gets the write, then the unpublish, then the end."""
         ended: Deferred[None] = Deferred()

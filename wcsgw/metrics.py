@@ -399,6 +399,11 @@ def render(gateway: Any) -> str:
             out.metric("wcsgw_rtmp_sends_total", "counter",
                        "RTMP connections written to at the end of a reactor turn (one send each)",
                        [("", writes.sends)])
+            out.metric("wcsgw_rtmp_audio_held_total", "counter",
+                       "audio writes of a video connection that waited for its next write (to share its send)",
+                       [("", writes.held)])
+            out.metric("wcsgw_rtmp_audio_held_alone_total", "counter",
+                       "... of which went alone, after waiting the longest (50 ms)", [("", writes.held_alone)])
 
     pool = getattr(gateway, "pool", None)
     if pool is not None:

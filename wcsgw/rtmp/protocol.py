@@ -61,6 +61,8 @@ class RtmpClientProtocol(Protocol):
         self.received_errors = 0
         # what this reactor turn wrote (bytes, and views of media payloads), sent at its end (see _write)
         self._queued: list[bytes | memoryview] = []
+        self._held: WriteBatch | None = None  # _queued is audio waiting in this batch for the next write
+        self._video_seen = False
 
     @property
     def buffered_bytes(self) -> int:
@@ -100,6 +102,8 @@ class RtmpClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         text = reason.getErrorMessage() if reason is not None else "connection lost"
         self._queued = []
+        if self._held is not None:
+            self._held.release(self)
         if self.session is not None:
             self.session.connection_lost(text)
             self._guarded(self._deliver_events)
@@ -119,8 +123,9 @@ class RtmpClientProtocol(Protocol):
 
     # ------------------------------------------------------------------ used by the publisher
 
-    def flush(self, force: bool = False) -> None:
-        """Write what the session has queued, unless the transport asked us to pause."""
+    def flush(self, force: bool = False, hold: bool = False) -> None:
+        """Write what the session has queued, unless the transport asked us to pause; ``hold``: it may wait for
+        the connection's next write (see ``send_tag``)."""
         session = self.session
         if session is None or self.transport is None or (self.paused and not force):
             return
@@ -128,27 +133,35 @@ class RtmpClientProtocol(Protocol):
         if size:
             self.bytes_written += size
             self._listener.rtmp_bytes_written(size)
-            self._write(pieces)
+            self._write(pieces, hold)
 
-    def _write(self, pieces: list[bytes | memoryview]) -> None:
+    def _write(self, pieces: list[bytes | memoryview], hold: bool = False) -> None:
         """Write ``pieces`` (bytes, and views of media payloads) after what was written before, at the end of this
         reactor turn.
 
         On a plain TCP connection the writes of a turn are joined and sent with one ``send`` when the turn's
         work is done (``_send_queued``), so the system calls of a turn come together after its Python work
         rather than between it: the kernel's loopback TCP path (nginx's receive included) otherwise runs in the
-        middle of the next packet's Python code and evicts its caches.  Other transports (TLS) get the data at
-        once with ``transport.write``."""
+        middle of the next packet's Python code and evicts its caches.  ``hold``: unless something else is
+        queued, the send waits for the next write that does not hold, ``WriteBatch.hold_max`` at most.  Other
+        transports (TLS) get the data at once with ``transport.write``."""
         queued = self._queued
         if queued:
             queued += pieces
+            if self._held is not None and not hold:
+                batch = self._held
+                batch.release(self)
+                batch.add(self)
             return
         transport: Any = self.transport
         if not isinstance(transport, tcp.Connection):
             transport.write(b"".join(pieces))
             return
         queued += pieces
-        write_batch(transport.reactor).add(self)
+        if hold:
+            write_batch(transport.reactor).hold(self)
+        else:
+            write_batch(transport.reactor).add(self)
 
     def _send_queued(self) -> None:
         """Send what ``_write`` queued: with one ``send`` when the transport holds nothing back, else through
@@ -159,6 +172,8 @@ class RtmpClientProtocol(Protocol):
         against 27 us for a direct ``send``, measured here.  What the socket does not take goes to the transport
         as before, which then keeps the order and the back-pressure (``pauseProducing``)."""
         queued = self._queued
+        if self._held is not None:
+            self._held.release(self)
         if not queued:
             return
         data = queued[0] if len(queued) == 1 and type(queued[0]) is bytes else b"".join(queued)
@@ -182,9 +197,18 @@ class RtmpClientProtocol(Protocol):
             transport.write(data[sent:])
 
     def send_tag(self, tag: FlvTag, timestamp_ms: int | None = None) -> None:
+        """Send ``tag``.  On a connection that carries video, an audio tag waits for the next write (the next
+        video frame, at most ``WriteBatch.hold_max`` later) and goes out in the same ``send``: an AAC frame
+        comes back from the transcoding thread in a reactor turn of its own, and would otherwise cost a
+        ``send`` (and a wake-up of the server) by itself.  Its timestamp is in the tag: players do not see when
+        it arrives."""
         assert self.session is not None
         self.session.send_tag(tag, timestamp_ms)
-        self.flush()
+        if tag.tag_type == 9:  # video
+            self._video_seen = True
+            self.flush()
+        else:
+            self.flush(hold=self._video_seen and tag.tag_type == 8)
 
     def close(self) -> None:
         """Unpublish if publishing, write everything and close the connection."""
@@ -195,6 +219,8 @@ class RtmpClientProtocol(Protocol):
 
     def abort(self) -> None:
         self._queued = []
+        if self._held is not None:
+            self._held.release(self)
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -230,29 +256,68 @@ class RtmpClientProtocol(Protocol):
 
 class WriteBatch:
     """The protocols with queued writes, sent together by one ``callLater(0)``: after the work of the reactor
-    turn that queued them (a media drain, a batch of transcoded audio), before the reactor waits again."""
+    turn that queued them (a media drain, a batch of transcoded audio), before the reactor waits again.  A
+    protocol whose queue holds only audio of a video connection (``hold``) waits for its next write, or
+    ``hold_max`` at most (``RtmpClientProtocol.send_tag``)."""
+
+    hold_max = 0.05  # seconds an audio write may wait for its connection's next write (see RtmpClientProtocol)
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._protocols: list[RtmpClientProtocol] = []
         self._call: Any = None
+        self._held: dict[RtmpClientProtocol, None] = {}  # in the order they came
+        self._hold_call: Any = None
         # held during the sends when it is free, as MediaSockets holds it during a drain: each send releases the
         # GIL, and a transcoding thread that starts work then takes it (see wcsgw.media.worker.WorkerPool)
         self.gate: threading.Lock | None = None
         self.batches = 0  # turns that sent
         self.sends = 0  # connections written to, one send each (unless the transport held data back)
         self.cpu = 0.0  # CPU seconds of the reactor thread in the sends
+        self.held = 0  # audio writes that waited for their connection's next write
+        self.held_alone = 0  # ... and went alone after hold_max
 
     def add(self, protocol: RtmpClientProtocol) -> None:
         self._protocols.append(protocol)
-        if self._call is None:
+        if self._call is None or not self._call.active():  # (a test's reactor may have cancelled it)
             self._call = self._reactor.callLater(0, self.send)
 
+    def hold(self, protocol: RtmpClientProtocol) -> None:
+        """``protocol`` has only held writes queued: sent with its next write, or after ``hold_max``."""
+        self.held += 1
+        protocol._held = self
+        self._held[protocol] = None
+        if self._hold_call is None or not self._hold_call.active():
+            self._hold_call = self._reactor.callLater(self.hold_max, self.send_held)
+
+    def release(self, protocol: RtmpClientProtocol) -> None:
+        """``protocol``'s held writes go another way (with a write that does not wait, or as it closes)."""
+        protocol._held = None
+        self._held.pop(protocol, None)
+        if not self._held and self._hold_call is not None:
+            if self._hold_call.active():
+                self._hold_call.cancel()
+            self._hold_call = None
+
+    def send_held(self) -> None:
+        """Send what still waits (``hold_max`` is up)."""
+        self._hold_call = None
+        waiting = list(self._held)
+        self._held = {}
+        for protocol in waiting:
+            protocol._held = None
+        if waiting:
+            self.held_alone += len(waiting)
+            self._send(waiting)
+
     def send(self) -> None:
-        started = thread_time()
         self._call = None
-        self.batches += 1
         protocols, self._protocols = self._protocols, []
+        self._send(protocols)
+
+    def _send(self, protocols: list[RtmpClientProtocol]) -> None:
+        started = thread_time()
+        self.batches += 1
         self.sends += len(protocols)
         with holding_if_free(self.gate):
             for protocol in protocols:
