@@ -214,10 +214,11 @@ def encoder_sender(encoder: AudioCodecContext) -> Callable[[AudioFrame | None], 
 
     PyAV's ``AudioCodecContext.encode`` runs every frame through an ``AudioResampler`` of its own, which, for an
     encoder with a fixed frame size (AAC), never passes a frame through: per frame a filter graph push and two
-    pulls, each a ``nogil`` section after which the thread takes the GIL again (3 of the 6 an AAC frame took),
-    and a graph that starts two idle libavfilter threads per encoder.  The frames given here come out of our
-    FIFO already in the encoder's sample format, layout, rate, frame size and time base, so that graph changes
-    nothing (``tests/test_media_transcoder.py`` checks the bytes are the same).  ``_send_frame_and_recv`` is the
+    pulls, each a ``nogil`` section after which the thread takes the GIL again (and each pulled frame is
+    allocated and freed, two more), and a graph that starts two idle libavfilter threads per encoder.  The frames
+    given here (from our FIFO, or the G.711 lane's buffer) are already in the encoder's sample format, layout,
+    rate, frame size and time base, so that graph changes nothing (``tests/test_media_transcoder.py`` checks the
+    bytes are the same).  ``_send_frame_and_recv`` is the
     step of PyAV's ``encode`` after the resampler (a Python-visible method of its Cython class); a PyAV without it
     gets ``encode``."""
     direct = getattr(encoder, "_send_frame_and_recv", None)

@@ -204,11 +204,11 @@ class RtmpClientProtocol(Protocol):
         it arrives."""
         assert self.session is not None
         self.session.send_tag(tag, timestamp_ms)
-        if tag.tag_type == 9:  # video
+        if tag.tag_type == FlvTag.VIDEO:
             self._video_seen = True
             self.flush()
         else:
-            self.flush(hold=self._video_seen and tag.tag_type == 8)
+            self.flush(hold=self._video_seen and tag.tag_type == FlvTag.AUDIO)
 
     def close(self) -> None:
         """Unpublish if publishing, write everything and close the connection."""
