@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -110,8 +112,6 @@ class GcMonitor:
     generations, whose growth is what sets off full collections."""
 
     def __init__(self, freeze: bool = False, threshold: int = 0, clock: Any = None) -> None:
-        import time
-
         self.freeze = freeze
         self.threshold = threshold
         self._clock = clock or time.perf_counter
@@ -124,8 +124,6 @@ class GcMonitor:
         self._saved_threshold: tuple[int, ...] | None = None
 
     def start(self) -> None:
-        import gc
-
         if self._callback in gc.callbacks:
             return
         if self.freeze:
@@ -138,8 +136,6 @@ class GcMonitor:
             gc.set_threshold(self.threshold, *self._saved_threshold[1:])
 
     def stop(self) -> None:
-        import gc
-
         if self._callback not in gc.callbacks:
             return
         gc.callbacks.remove(self._callback)
