@@ -687,3 +687,44 @@ class CoderTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             AudioTranscoder("PCMU", 8000, coder="anmr")
         self.assertEqual(str(caught.exception), "AAC coder must be one of fast, twoloop, not 'anmr'")
+
+
+def tone_energy(samples: array.array[float]) -> float:
+    """The mean square of ``samples``."""
+    return sum(x * x for x in samples) / len(samples)
+
+
+class CutoffTests(SynchronousTestCase):
+    def _energy(self, tone_hz: float, cutoff: int, rate: int = 8000) -> float:
+        """The energy of a PCMU tone of ``tone_hz`` after AAC at ``rate`` with ``cutoff``, decoded."""
+        encoder = cast(av.AudioCodecContext, av.CodecContext.create("pcm_mulaw", "w"))
+        encoder.sample_rate, encoder.layout, encoder.format = 8000, "mono", "s16"
+        encoder.open()
+        samples = sine(8000, 1.0, tone_hz)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=len(samples))
+        frame.sample_rate = 8000
+        frame.planes[0].update(samples.tobytes())
+        data = b"".join(bytes(packet) for packet in encoder.encode(frame))
+        transcoder = AudioTranscoder("PCMU", 8000, sample_rate=rate, cutoff=cutoff)
+        outputs = transcode_audio(transcoder, [data[i : i + 160] for i in range(0, len(data), 160)])
+        decoded = decode_aac(transcoder.audio_specific_config or b"", outputs, rate)
+        return tone_energy(decoded[rate // 4 : -rate // 4])
+
+    def test_cutoff_takes_what_is_above_it_away(self) -> None:
+        """The cutoff reaches the encoder: a 3800 Hz tone keeps its energy without one and loses nearly all of it
+        with 3400 Hz, at 8 kHz and at 16 kHz AAC; a 440 Hz tone keeps its energy either way."""
+        for rate in (8000, 16000):
+            full = self._energy(3800.0, 0, rate)
+            cut = self._energy(3800.0, 3400, rate)
+            self.assertGreater(full, 0.01)  # a tone of amplitude 0.37: about 0.07
+            self.assertLess(cut, full / 20)
+        low_full, low_cut = self._energy(440.0, 0), self._energy(440.0, 3400)
+        self.assertGreater(low_cut, low_full * 0.8)
+
+    def test_cutoff_at_or_above_half_the_rate_is_ffmpegs(self) -> None:
+        """A cutoff the sample rate cannot carry leaves FFmpeg's own (0); a negative one is refused."""
+        self.assertEqual(AudioTranscoder("PCMU", 8000, sample_rate=8000, cutoff=3400).cutoff, 3400)
+        self.assertEqual(AudioTranscoder("PCMU", 8000, sample_rate=8000, cutoff=4000).cutoff, 0)
+        self.assertEqual(AudioTranscoder("PCMU", 8000, sample_rate=8000).cutoff, 0)
+        with self.assertRaises(ValueError):
+            AudioTranscoder("PCMU", 8000, cutoff=-1)

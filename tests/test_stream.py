@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.e2e.gateway import wait_for
+from wcsgw.media.worker import MediaInput
 from wcsgw.model import RtmpStreamStatus
 from wcsgw.rtmp import flv
 from wcsgw.rtp.h264 import AccessUnit
@@ -201,6 +202,23 @@ class AacTranscodeTests(TestCase):
         self.assertGreaterEqual(sum(f.samples for f in frames), 13 * 1024)
         self.assertEqual(stream._metadata_fields()["audiosamplerate"], 8000)
         yield stream.stop()
+
+    @inlineCallbacks
+    def test_narrowband_sources_get_the_cutoff(self) -> Any:
+        """``aac_narrowband_cutoff`` (3400 Hz by default) reaches the AAC encoder of a G.711 call, at any AAC
+        rate, and not that of a wideband one (Opus); 0 leaves FFmpeg's own."""
+        opus = MediaParams(kind="audio", codec="opus", payload_type=111, clock_rate=48000, channels=2,
+                           remote_rtp_addr="127.0.0.1", remote_rtp_port=4000)
+        cases = [(StreamOptions(), AUDIO_PCMU, 3400), (StreamOptions(aac_sample_rate=0), AUDIO_PCMU, 3400),
+                 (StreamOptions(aac_narrowband_cutoff=0), AUDIO_PCMU, 0), (StreamOptions(), opus, 0)]
+        for n, (options, params, cutoff) in enumerate(cases):
+            stream = CallStream(reactor, f"c{n}", options, audio=params, video=None,
+                                request_keyframe=lambda: None, publisher_factory=FakePublisher)
+            stream._audio_worker.submit(MediaInput(b"\x7f" * 1024 if params is AUDIO_PCMU else b"", 0.0))
+            worker = stream._audio_worker
+            yield wait_for(lambda: worker.counters.processed == 1, what="the audio worker")
+            self.assertEqual(worker._transcoder.cutoff, cutoff, (options, params.codec))
+            yield stream.stop()
 
     @inlineCallbacks
     def test_a_timestamp_jump_sends_the_gathered_audio_at_once(self) -> Any:

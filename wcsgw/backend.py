@@ -199,6 +199,7 @@ class GatewayBackend:
             aac_sample_rate=0 if settings.aac_sample_rate == "source" else int(settings.aac_sample_rate),
             audio_bitrate=settings.aac_bitrate,
             aac_coder=settings.aac_coder,
+            aac_narrowband_cutoff=settings.aac_narrowband_cutoff_hz,
             video_bitrate=settings.video_bitrate,
             reconnect_delays=settings.rtmp_reconnect_delays,
         )

@@ -259,8 +259,11 @@ class AudioTranscoder:
         resync_threshold_ms: float = 15.0,
         thread_count: int = 1,
         coder: str = "fast",
+        cutoff: int = 0,
     ) -> None:
-        """``coder``: FFmpeg's ``aac_coder``, ``fast`` or ``twoloop`` (FFmpeg's default, about twice the CPU)."""
+        """``coder``: FFmpeg's ``aac_coder``, ``fast`` or ``twoloop`` (FFmpeg's default, about twice the CPU).
+        ``cutoff``: the encoder's low-pass in Hz (FFmpeg's ``cutoff``), taken when it is below half the AAC sample
+        rate; 0: FFmpeg's own (at the bit rates of `aac_bitrate`, half the sample rate up to 16 kHz)."""
         key = codec.lower()
         if key not in _AUDIO_DECODERS:
             raise ValueError(f"unsupported audio codec {codec!r}: expected PCMU, PCMA, opus or speex")
@@ -292,6 +295,9 @@ class AudioTranscoder:
         if coder not in AAC_CODERS:
             raise ValueError(f"AAC coder must be one of {', '.join(AAC_CODERS)}, not {coder!r}")
         self._coder = coder
+        if cutoff < 0:
+            raise ValueError(f"cutoff must not be negative, not {cutoff}")
+        self.cutoff = cutoff if 0 < cutoff < sample_rate // 2 else 0  # 0: FFmpeg's own
         if max_fill_ms < resync_threshold_ms:
             raise ValueError("max_fill_ms must not be smaller than resync_threshold_ms")
         self.sample_rate = sample_rate
@@ -377,7 +383,10 @@ class AudioTranscoder:
         encoder.bit_rate = aac_bitrate(self._bitrate, self.sample_rate, self.output_channels)
         encoder.time_base = Fraction(1, self.sample_rate)
         encoder.thread_count = self._thread_count
-        encoder.options = {"aac_coder": self._coder}
+        options = {"aac_coder": self._coder}
+        if self.cutoff:
+            options["cutoff"] = str(self.cutoff)
+        encoder.options = options
         encoder.open()
         self._send = encoder_sender(encoder)
         return encoder
