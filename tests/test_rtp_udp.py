@@ -11,6 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.e2e.gateway import wait_for
@@ -223,6 +224,77 @@ class IntervalTests(TestCase):
             self.peer.sendto(b"two", (LOCAL, media.getHost().port))
             yield wait_for(lambda: len(recorder.datagrams) == 2, what="the second datagram")
         self.assertEqual([data for data, _ in recorder.datagrams], [b"one", b"two"])
+
+    def _held_setup(self, hold: float) -> tuple[Clock, MediaSockets, Stamped, Any, Stamped, Any]:
+        """A MediaSockets on a fake clock (10 ms drains) with a socket that holds and one that does not."""
+        clock = Clock()
+        sockets = MediaSockets(clock, interval=0.01)
+        self.addCleanup(sockets.close)
+        held, plain = Stamped(), Stamped()
+        return clock, sockets, held, sockets.bind(0, held, LOCAL, hold=hold), plain, sockets.bind(0, plain, LOCAL)
+
+    def test_a_holding_socket_delivers_its_datagrams_together(self) -> None:
+        """A socket bound with ``hold`` gets what the drains read from it in one delivery, once the first datagram
+        has waited ``hold`` (give or take half an interval), each datagram with the time it was read; a socket
+        without gets each drain's datagrams at once."""
+        clock, sockets, held, media, plain, other = self._held_setup(0.04)
+        self.assertEqual((media.hold, other.hold), (0.04, 0.0))
+        for n in range(5):  # a datagram every 20 ms to each, drains every 10 ms
+            self.peer.sendto(b"h%d" % n, (LOCAL, media.getHost().port))
+            self.peer.sendto(b"p%d" % n, (LOCAL, other.getHost().port))
+            clock.advance(0.01)
+            self.assertEqual(len(plain.batches), n + 1)
+            clock.advance(0.01)
+        # read at 10, 30, 50, 70, 90 ms: the first three went at the drain of 50 ms (10 + 40 <= 50 + 5), the next
+        # two wait for 70 + 40 ms
+        self.assertEqual(held.batches, [3])
+        self.assertEqual([d for d, _ in held.datagrams], [b"h0", b"h1", b"h2"])
+        self.assertEqual([round(a, 3) for a in held.arrivals], [0.01, 0.03, 0.05])
+        self.assertEqual(list(sockets._holding), [media])
+        clock.advance(0.01)  # 110 ms
+        self.assertEqual(held.batches, [3, 2])
+        self.assertEqual([d for d, _ in held.datagrams][3:], [b"h3", b"h4"])
+        self.assertEqual([round(a, 3) for a in held.arrivals][3:], [0.07, 0.09])
+        self.assertEqual(sockets._holding, {})
+        self.assertEqual([d for d, _ in plain.datagrams], [b"p%d" % n for n in range(5)])
+        self.assertEqual(sockets.datagrams, 10)
+
+    def test_what_a_closed_socket_held_is_let_go(self) -> None:
+        """A socket closed while it holds datagrams (its call ended) delivers nothing more and leaves nothing
+        behind, also when an earlier delivery of the same drain closes it."""
+        clock, sockets, held, media, plain, other = self._held_setup(0.02)
+        self.peer.sendto(b"x", (LOCAL, media.getHost().port))
+        clock.advance(0.01)
+        self.assertEqual(list(sockets._holding), [media])
+        media.stopListening()
+        self.assertEqual((sockets._holding, media._held), ({}, None))
+        clock.advance(0.05)
+        self.assertEqual(held.datagrams, [])
+        # two holding sockets due in the same drain; the first one's delivery closes the second
+        first, second = Stamped(), Stamped()
+        closing: list[Any] = []
+        first.datagrams_arrived = lambda datagrams: closing[0].stopListening()  # type: ignore[method-assign]
+        a = sockets.bind(0, first, LOCAL, hold=0.02)
+        b = sockets.bind(0, second, LOCAL, hold=0.02)
+        closing.append(b)
+        self.peer.sendto(b"a", (LOCAL, a.getHost().port))
+        self.peer.sendto(b"b", (LOCAL, b.getHost().port))
+        clock.advance(0.01)
+        self.assertEqual(len(sockets._holding), 2)
+        clock.advance(0.01)
+        clock.advance(0.01)
+        self.assertTrue(b.closed)
+        self.assertEqual((second.datagrams, sockets._holding, sockets.protocol_errors), ([], {}, 0))
+
+    def test_hold_needs_an_interval(self) -> None:
+        """Without an interval (drains whenever a socket is readable, no timer) a socket does not hold; a
+        negative hold is refused."""
+        sockets = MediaSockets(reactor)
+        self.addCleanup(sockets.close)
+        self.assertEqual(sockets.bind(0, Recorder(), LOCAL, hold=0.04).hold, 0.0)
+        with self.assertRaises(ValueError) as caught:
+            self.sockets.bind(0, Recorder(), LOCAL, hold=-0.01)
+        self.assertEqual(str(caught.exception), "hold must not be negative, not -0.01")
 
     def test_negative_interval(self) -> None:
         """A negative interval is refused."""

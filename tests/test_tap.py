@@ -12,6 +12,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from wcsgw import config
+from wcsgw.backend import CallMedia
 from wcsgw.metrics import render
 from wcsgw.tap import GatewayService, Options, transcode_thread_count
 
@@ -156,6 +157,23 @@ class ServiceTests(SynchronousTestCase):
                 raise SkipTest("no epoll here")
             self.assertEqual(service.media_sockets.interval, 0.02)
             self.assertIs(service.media_sockets.kernel_timestamps, stamps)
+
+    def test_audio_rtp_is_held_for_media_audio_batch_ms(self) -> None:
+        """``media_audio_batch_ms`` is the ``hold`` of each call's audio RTP socket; video RTP and every RTCP
+        socket deliver at each read; 0: audio too."""
+        for batch_ms, hold in ((40, 0.04), (0, 0.0)):
+            service = GatewayService(MemoryReactorUdp(), config.build_settings(
+                {"state_dir": self.mktemp(), "ip_local": "127.0.0.1", "media_audio_batch_ms": batch_ms}))
+            sockets = service.media_sockets
+            if sockets is None:
+                raise SkipTest("no epoll here")
+            self.addCleanup(sockets.close)
+            media = CallMedia(service.backend, None)  # type: ignore[arg-type]
+            media.bind()
+            holds = {(kind, channel): port.hold for kind, protocol in media.protocols.items()
+                     for channel, port in protocol._ports.items()}
+            self.assertEqual(holds, {("audio", "rtp"): hold, ("audio", "rtcp"): 0.0, ("video", "rtp"): 0.0,
+                                     ("video", "rtcp"): 0.0})
 
     def test_media_first_shares_one_gate(self) -> None:
         """``media_first`` (the default) gives the transcoding pool, the media sockets and the RTMP sends one lock

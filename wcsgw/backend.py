@@ -311,8 +311,9 @@ class CallMedia:
         backend = self.backend
         try:
             for kind in KINDS:
+                hold = backend.settings.media_audio_batch_ms / 1000.0 if kind == "audio" else 0.0
                 protocol = MediaStreamProtocol(backend.reactor, None, functools.partial(self._event, kind),
-                                               sockets=backend.media_sockets)
+                                               sockets=backend.media_sockets, rtp_hold=hold)
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
         except PortsExhausted:

@@ -218,6 +218,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("media_read_interval_ms", _parse_int(0, 50), 10,
             "read the media sockets every this many ms, all at once (0: whenever one is readable); batches cost less "
             "CPU per packet, and add at most this much latency", "media-read-interval-ms"),
+    Setting("media_audio_batch_ms", _parse_int(0, 100), 40,
+            "incoming audio RTP is handed to its call this many ms of packets at a time (the first waits up to this "
+            "long, give or take half of media_read_interval_ms; 0: at every read): half or a third as many "
+            "hand-overs, each of which costs as much as the packets in it; audio waits for 128 ms AAC frames anyway",
+            "media-audio-batch-ms"),
     Setting("media_kernel_timestamps", _parse_bool, False,
             "true: an RTP packet's arrival time (jitter, RTP-to-RTMP latency) is the kernel's receive time; false: "
             "the time of the read that found it, up to media_read_interval_ms later, for about 6 % less reactor "
@@ -306,6 +311,7 @@ class Settings:
     disable_streaming_proxy: bool
     rtp_in_buffer_ms: int
     media_read_interval_ms: int
+    media_audio_batch_ms: int
     media_kernel_timestamps: bool
     rtp_keepalive: bool
     sip_t1: float

@@ -58,11 +58,14 @@ class MediaStreamProtocol:
         session: MediaStreamSession | None,
         on_event: Callable[[MediaEvent], None],
         sockets: MediaSockets | None = None,
+        rtp_hold: float = 0.0,
     ) -> None:
         """``sockets``: bind through this ``MediaSockets`` (one reactor reader for all media sockets) instead of
-        ``reactor.listenUDP``."""
+        ``reactor.listenUDP``; ``rtp_hold``: the RTP socket's ``hold`` there (seconds RTP may wait to be
+        delivered in larger batches, see ``MediaSockets.bind``)."""
         self.reactor = reactor
         self._sockets = sockets
+        self._rtp_hold = rtp_hold
         self.session = session
         self.on_event = on_event
         self.errors = 0
@@ -98,7 +101,8 @@ class MediaStreamProtocol:
 
     def _listen(self, port: int, protocol: MediaSocketProtocol, interface: str) -> Any:
         if self._sockets is not None:
-            return self._sockets.bind(port, protocol, interface)
+            return self._sockets.bind(port, protocol, interface,
+                                      hold=self._rtp_hold if protocol is self.rtp_protocol else 0.0)
         return self.reactor.listenUDP(port, protocol, interface=interface)
 
     def listen_allocated(self, allocator: PortAllocator, interface: str = "", rtcp: bool = True) -> tuple[int, int]:
