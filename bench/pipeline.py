@@ -8,7 +8,8 @@
 
 The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
 own classes: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``, as
-``MediaSockets`` delivers them (RTP parse, latch, stats, jitter buffer, depacketizer, events), then
+``MediaSockets`` delivers them with the gateway's defaults (each with its drain's time as its arrival; audio held
+``--audio-batch-ms``) (RTP parse, latch, stats, jitter buffer, depacketizer, events), then
 ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a ``StringTransport`` (after a scripted RTMP
 handshake), with a ``MemoryReactorClock`` advanced to each drain's time, so the timers run as they would.
 
@@ -73,15 +74,25 @@ def _packets(seconds: float) -> list[tuple[float, str, bytes]]:
     return out
 
 
-def _drains(packets: list[tuple[float, str, bytes]], interval: float
-            ) -> list[tuple[float, dict[str, list[tuple[float, bytes]]]]]:
-    """The packets as MediaSockets delivers them: every ``interval`` seconds (0: one by one), per socket."""
+def _drains(packets: list[tuple[float, str, bytes]], interval: float, kernel_timestamps: bool = False,
+            audio_hold: float = 0.0) -> list[tuple[float, dict[str, list[tuple[float, bytes]]]]]:
+    """The packets as MediaSockets delivers them: every ``interval`` seconds (0: one by one), per socket, each
+    with its arrival time: the drain's (as MediaSockets without ``kernel_timestamps``), or its own.  Audio is
+    held as ``MediaSockets.bind``'s ``hold`` does (media_audio_batch_ms), with an interval."""
     out: list[tuple[float, dict[str, list[tuple[float, bytes]]]]] = []
+    held: list[tuple[float, bytes]] = []
     for when, kind, data in packets:
         due = when if not interval else (int(when / interval) + 1) * interval
         if not out or out[-1][0] != due:
+            if held and interval and held[0][0] + audio_hold <= out[-1][0] + interval / 2:
+                out[-1][1]["audio"] = held
+                held = []
             out.append((due, {}))
-        out[-1][1].setdefault(kind, []).append((when, data))
+        arrival = when if kernel_timestamps or not interval else due
+        if kind == "audio" and audio_hold and interval:
+            held.append((arrival, data))
+        else:
+            out[-1][1].setdefault(kind, []).append((arrival, data))
     return out
 
 
@@ -170,10 +181,11 @@ def _count_bytecodes(counts: collections.Counter[str]) -> Any:
 
 
 def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, audio: str = "aac",
-        kinds: tuple[str, ...] = ("audio", "video"), null: bool = False, bytecodes: bool = False
-        ) -> dict[str, Any]:
+        kinds: tuple[str, ...] = ("audio", "video"), null: bool = False, bytecodes: bool = False,
+        kernel_timestamps: bool = False, audio_hold: float = 0.04) -> dict[str, Any]:
     """``kinds``: the media fed; ``null``: the protocols drop the datagrams (the harness's own cost);
-    ``bytecodes``: count the gateway's bytecodes (``result["bytecodes"]``, by function) instead of profiling."""
+    ``bytecodes``: count the gateway's bytecodes (``result["bytecodes"]``, by function) instead of profiling;
+    ``kernel_timestamps`` and ``audio_hold``: the settings media_kernel_timestamps and media_audio_batch_ms."""
     packets = [packet for packet in _packets(seconds) if packet[1] in kinds]
     gc.collect()
     reactor = MemoryReactorClock()
@@ -192,7 +204,7 @@ def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, a
     if bytecodes:
         sys.settrace(_count_bytecodes(counted))
     base = reactor.seconds()
-    for when, batch in _drains(packets, interval):
+    for when, batch in _drains(packets, interval, kernel_timestamps, audio_hold):
         delay = base + when - reactor.seconds()
         if delay > 0:
             reactor.advance(delay)
@@ -230,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-ms", type=float, default=10.0,
                         help="media_read_interval_ms: datagrams come in batches this far apart (default 10)")
     parser.add_argument("--kinds", default="audio,video", help="the media fed: audio, video or both (default)")
+    parser.add_argument("--kernel-timestamps", action="store_true",
+                        help="media_kernel_timestamps: each datagram arrives at its own time, not its drain's")
+    parser.add_argument("--audio-batch-ms", type=float, default=40.0,
+                        help="media_audio_batch_ms: audio is held this long for larger deliveries (default 40)")
     parser.add_argument("--null", action="store_true",
                         help="the protocols drop the datagrams: what the harness itself costs, to be taken off")
     parser.add_argument("--bytecodes", type=int, default=0, metavar="N",
@@ -240,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     if not kinds or not set(kinds) <= {"audio", "video"}:
         parser.error(f"--kinds takes audio, video or both, not {args.kinds!r}")
     if args.bytecodes:
-        r = run(args.seconds, 0, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null, True)
+        r = run(args.seconds, 0, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null, True,
+                args.kernel_timestamps, args.audio_batch_ms / 1000.0)
         total = sum(r["bytecodes"].values())
         print(f"{total / r['packets']:.0f} Python bytecodes of the gateway's code per packet ({', '.join(kinds)})")
         for name, count in sorted(r["bytecodes"].items(), key=lambda item: -item[1])[:args.bytecodes]:
             print(f"{count / r['packets']:8.1f}  {name}")
         return 0
-    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null)
+    r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null,
+                 False, args.kernel_timestamps, args.audio_batch_ms / 1000.0)
              for _ in range(max(1, args.repeat))),
             key=lambda r: r["cpu"])
     print(f"{r['calls']} call(s), {r['packets']} packets ({r['video']} video, {r['audio']} audio per call) in "

@@ -244,6 +244,27 @@ class PipelineTests(SynchronousTestCase):
             pipeline.main(["--kinds", "data"])
 
 
+class DrainsTests(SynchronousTestCase):
+    def test_arrivals_and_held_audio(self) -> None:
+        """``_drains`` hands the packets over as MediaSockets does: each drain's with the drain's time (its own
+        with kernel timestamps), audio held for ``audio_hold`` (media_audio_batch_ms) and delivered together."""
+        from bench.pipeline import _drains
+
+        packets = [(0.000, "video", b"v0"), (0.001, "video", b"v1"), (0.002, "audio", b"a0"),
+                   (0.022, "audio", b"a1"), (0.041, "video", b"v2"), (0.042, "audio", b"a2"),
+                   (0.062, "audio", b"a3"), (0.081, "video", b"v3")]
+        plain = _drains(packets, 0.01)
+        self.assertEqual([round(when, 3) for when, _ in plain], [0.01, 0.03, 0.05, 0.07, 0.09])
+        self.assertEqual(plain[0][1], {"video": [(0.01, b"v0"), (0.01, b"v1")], "audio": [(0.01, b"a0")]})
+        stamped = _drains(packets, 0.01, kernel_timestamps=True)
+        self.assertEqual(stamped[0][1]["video"], [(0.0, b"v0"), (0.001, b"v1")])
+        held = _drains(packets, 0.01, audio_hold=0.04)
+        # a0 read at 10 ms, a1 at 30, a2 at 50: due at the drain of 50 ms (10 + 40 <= 50 + 5)
+        audio = [(round(when, 3), [d for _, d in batch["audio"]]) for when, batch in held if "audio" in batch]
+        self.assertEqual(audio, [(0.05, [b"a0", b"a1", b"a2"])])
+        self.assertEqual([d for _, batch in held for _, d in batch.get("video", [])], [b"v0", b"v1", b"v2", b"v3"])
+
+
 class AbTests(SynchronousTestCase):
     def test_rows_and_medians(self) -> None:
         """A gateway trial of ``bench/run.py`` becomes a row; the medians are per side, of numbers only."""
