@@ -220,8 +220,9 @@ SETTINGS: tuple[Setting, ...] = (
             "CPU per packet, and add at most this much latency", "media-read-interval-ms"),
     Setting("media_audio_batch_ms", _parse_int(0, 100), 40,
             "incoming audio RTP is handed to its call this many ms of packets at a time (the first waits up to this "
-            "long, give or take half of media_read_interval_ms; 0: at every read): half or a third as many "
-            "hand-overs, each of which costs as much as the packets in it; audio waits for 128 ms AAC frames anyway",
+            "long, give or take half of media_read_interval_ms; 0: at every read; nothing with media_read_interval_ms "
+            "0): half or a third as many hand-overs, each of which costs as much as the packets in it; audio waits "
+            "for 128 ms AAC frames anyway",
             "media-audio-batch-ms"),
     Setting("media_kernel_timestamps", _parse_bool, False,
             "true: an RTP packet's arrival time (jitter, RTP-to-RTMP latency) is the kernel's receive time; false: "
