@@ -33,6 +33,7 @@ import collections
 import cProfile
 import functools
 import gc
+import math
 import pstats
 import sys
 import time
@@ -55,6 +56,7 @@ from wcsgw.rtp.session import MediaStreamSession  # noqa: E402
 from wcsgw.stream import CallStream, StreamOptions  # noqa: E402
 
 FAR = ("127.0.0.1", 40000)
+DRAIN_PHASE = 0.0037  # seconds between the far end's frame clock and the drains (see _drains)
 
 
 @functools.lru_cache(maxsize=2)
@@ -75,14 +77,18 @@ def _packets(seconds: float) -> list[tuple[float, str, bytes]]:
 
 
 def _drains(packets: list[tuple[float, str, bytes]], interval: float, kernel_timestamps: bool = False,
-            audio_hold: float = 0.0) -> list[tuple[float, dict[str, list[tuple[float, bytes]]]]]:
+            audio_hold: float = 0.0, phase: float = DRAIN_PHASE
+            ) -> list[tuple[float, dict[str, list[tuple[float, bytes]]]]]:
     """The packets as MediaSockets delivers them: every ``interval`` seconds (0: one by one), per socket, each
     with its arrival time: the drain's (as MediaSockets without ``kernel_timestamps``), or its own.  Audio is
     held as ``MediaSockets.bind``'s ``hold`` does (media_audio_batch_ms), with an interval."""
     out: list[tuple[float, dict[str, list[tuple[float, bytes]]]]] = []
     held: list[tuple[float, bytes]] = []
     for when, kind, data in packets:
-        due = when if not interval else (int(when / interval) + 1) * interval
+        # The drains run DRAIN_PHASE after the far end's clock: drains at whole multiples of the interval from the
+        # first packet split a frame whose first packet is sent at such a multiple (every 40 ms frame of the
+        # capture) from the rest of it; in the gateway the two clocks have no such relation.
+        due = when if not interval else (math.floor((when - phase) / interval) + 1) * interval + phase
         if not out or out[-1][0] != due:
             if held and interval and held[0][0] + audio_hold <= out[-1][0] + interval / 2:
                 out[-1][1]["audio"] = held

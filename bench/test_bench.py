@@ -253,12 +253,17 @@ class DrainsTests(SynchronousTestCase):
         packets = [(0.000, "video", b"v0"), (0.001, "video", b"v1"), (0.002, "audio", b"a0"),
                    (0.022, "audio", b"a1"), (0.041, "video", b"v2"), (0.042, "audio", b"a2"),
                    (0.062, "audio", b"a3"), (0.081, "video", b"v3")]
-        plain = _drains(packets, 0.01)
+        plain = _drains(packets, 0.01, phase=0.0)
         self.assertEqual([round(when, 3) for when, _ in plain], [0.01, 0.03, 0.05, 0.07, 0.09])
         self.assertEqual(plain[0][1], {"video": [(0.01, b"v0"), (0.01, b"v1")], "audio": [(0.01, b"a0")]})
-        stamped = _drains(packets, 0.01, kernel_timestamps=True)
+        stamped = _drains(packets, 0.01, kernel_timestamps=True, phase=0.0)
         self.assertEqual(stamped[0][1]["video"], [(0.0, b"v0"), (0.001, b"v1")])
-        held = _drains(packets, 0.01, audio_hold=0.04)
+        # by default the drains are not in step with the far end's frames: one sent at 40 ms from the first
+        # packet, a hair early (as float times are), is not split
+        frame = [(0.04 - 1e-12, "video", b"f0"), (0.0402, "video", b"f1")]
+        self.assertEqual([len(batch["video"]) for _, batch in _drains(frame, 0.01)], [2])
+        self.assertEqual([len(batch["video"]) for _, batch in _drains(frame, 0.01, phase=0.0)], [1, 1])
+        held = _drains(packets, 0.01, audio_hold=0.04, phase=0.0)
         # a0 read at 10 ms, a1 at 30, a2 at 50: due at the drain of 50 ms (10 + 40 <= 50 + 5)
         audio = [(round(when, 3), [d for _, d in batch["audio"]]) for when, batch in held if "audio" in batch]
         self.assertEqual(audio, [(0.05, [b"a0", b"a1", b"a2"])])
