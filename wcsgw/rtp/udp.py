@@ -308,11 +308,7 @@ class MediaSockets:
                     else:
                         media._held.extend(datagrams)
                     continue
-                try:
-                    media.deliver(datagrams)
-                except Exception:
-                    self.protocol_errors += 1
-                    log.failure("media datagrams on port {port} failed", port=media._host[1])
+                self._deliver(media, datagrams)
             if holding:
                 self._deliver_held(self._reactor.seconds())
             self.read_cpu += read - started
@@ -330,11 +326,15 @@ class MediaSockets:
                 continue
             media._held = None
             del self._holding[media]
-            try:
-                media.deliver(held)
-            except Exception:
-                self.protocol_errors += 1
-                log.failure("media datagrams on port {port} failed", port=media._host[1])
+            self._deliver(media, held)
+
+    def _deliver(self, media: MediaSocket, datagrams: list[tuple[bytes, Any, float]]) -> None:
+        """Hand ``datagrams`` to ``media``'s protocol; what it raises is logged and counted."""
+        try:
+            media.deliver(datagrams)
+        except Exception:
+            self.protocol_errors += 1
+            log.failure("media datagrams on port {port} failed", port=media._host[1])
 
     def _read(self) -> dict[MediaSocket, list[tuple[bytes, Any, float]]]:
         batch: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
