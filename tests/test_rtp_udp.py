@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -225,6 +226,13 @@ class IntervalTests(TestCase):
             yield wait_for(lambda: len(recorder.datagrams) == 2, what="the second datagram")
         self.assertEqual([data for data, _ in recorder.datagrams], [b"one", b"two"])
 
+    def _send(self, data: bytes, media: Any) -> None:
+        """Send ``data`` to ``media`` and wait until its socket has it (loopback delivery may lag the send on a
+        busy machine): the fake clock's drains must find what was sent before them."""
+        self.peer.sendto(data, (LOCAL, media.getHost().port))
+        readable, _, _ = select.select([media.socket], [], [], 10.0)
+        self.assertTrue(readable, f"{data!r} did not arrive within 10 s")
+
     def _held_setup(self, hold: float) -> tuple[Clock, MediaSockets, Stamped, Any, Stamped, Any]:
         """A MediaSockets on a fake clock (10 ms drains) with a socket that holds and one that does not."""
         clock = Clock()
@@ -240,8 +248,8 @@ class IntervalTests(TestCase):
         clock, sockets, held, media, plain, other = self._held_setup(0.04)
         self.assertEqual((media.hold, other.hold), (0.04, 0.0))
         for n in range(5):  # a datagram every 20 ms to each, drains every 10 ms
-            self.peer.sendto(b"h%d" % n, (LOCAL, media.getHost().port))
-            self.peer.sendto(b"p%d" % n, (LOCAL, other.getHost().port))
+            self._send(b"h%d" % n, media)
+            self._send(b"p%d" % n, other)
             clock.advance(0.01)
             self.assertEqual(len(plain.batches), n + 1)
             clock.advance(0.01)
@@ -263,7 +271,7 @@ class IntervalTests(TestCase):
         """A socket closed while it holds datagrams (its call ended) delivers nothing more and leaves nothing
         behind, also when an earlier delivery of the same drain closes it."""
         clock, sockets, held, media, plain, other = self._held_setup(0.02)
-        self.peer.sendto(b"x", (LOCAL, media.getHost().port))
+        self._send(b"x", media)
         clock.advance(0.01)
         self.assertEqual(list(sockets._holding), [media])
         media.stopListening()
@@ -277,8 +285,8 @@ class IntervalTests(TestCase):
         a = sockets.bind(0, first, LOCAL, hold=0.02)
         b = sockets.bind(0, second, LOCAL, hold=0.02)
         closing.append(b)
-        self.peer.sendto(b"a", (LOCAL, a.getHost().port))
-        self.peer.sendto(b"b", (LOCAL, b.getHost().port))
+        self._send(b"a", a)
+        self._send(b"b", b)
         clock.advance(0.01)
         self.assertEqual(len(sockets._holding), 2)
         clock.advance(0.01)
