@@ -110,7 +110,6 @@ class MediaSocket:
         self.peer: tuple[str, int] | None = None  # connect_peer's address, once no other source can be queued
         self._connected: tuple[str, int] | None = None  # what the socket is connected to
         self.hold = 0.0  # seconds the first datagram of a delivery may wait for more (see MediaSockets.bind)
-        self._held: list[tuple[bytes, Any, float]] | None = None  # read, waiting for their delivery
 
     def _one_by_one(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
         for data, addr, _arrival in datagrams:
@@ -199,7 +198,8 @@ class MediaSockets:
         self._reading = False
         self._timer: Any = None
         self._verifying: set[MediaSocket] = set()  # connected, not drained empty since (their peer is None)
-        self._holding: dict[MediaSocket, None] = {}  # sockets with held datagrams, in the order they began
+        # what sockets with a hold read and have not delivered yet, in the order their first datagram came
+        self._holding: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
         self._gate = gate
         # counters
         self.datagrams = 0
@@ -264,8 +264,7 @@ class MediaSockets:
             self._reactor.removeReader(self)
 
     def _remove(self, media: MediaSocket) -> None:
-        media._held = None  # the socket's call is over: what it held goes with it
-        self._holding.pop(media, None)
+        self._holding.pop(media, None)  # the socket's call is over: what it held goes with it
         if self._sockets.get(media.fileno) is media:
             del self._sockets[media.fileno]
             try:
@@ -302,11 +301,11 @@ class MediaSockets:
                 if media.closed:  # an earlier delivery of this drain ended its call
                     continue
                 if media.hold:
-                    if media._held is None:
-                        media._held = datagrams
-                        holding[media] = None
+                    held = holding.get(media)
+                    if held is None:
+                        holding[media] = datagrams
                     else:
-                        media._held.extend(datagrams)
+                        held.extend(datagrams)
                     continue
                 self._deliver(media, datagrams)
             if holding:
@@ -318,13 +317,9 @@ class MediaSockets:
         """Deliver what sockets held whose first datagram has waited its ``hold`` (half an interval early rather
         than a whole interval late)."""
         due = now + self.interval / 2
-        for media in list(self._holding):
-            held = media._held
-            if held is None:  # closed by an earlier delivery (``_remove`` let go of it)
+        for media, held in list(self._holding.items()):
+            if media.closed or held[0][2] + media.hold > due:  # closed: by an earlier delivery (``_remove``)
                 continue
-            if held[0][2] + media.hold > due:
-                continue
-            media._held = None
             del self._holding[media]
             self._deliver(media, held)
 
