@@ -313,6 +313,38 @@ class PoolTests(SynchronousTestCase):
         self.assertTrue(all(r[-1] == "flushed" for r in results.values()))
 
 
+    def test_thread_start_runs_first_in_each_thread(self) -> None:
+        """``thread_start`` runs once in each pool thread, before its first item; an exception from it is
+        logged and counted, and the thread works on."""
+        reactor = ThreadedFakeReactor()
+        name = f"test-pool-{next(_names)}"
+        started: list[str] = []
+        lock = threading.Lock()
+
+        def thread_start() -> None:
+            with lock:
+                started.append(threading.current_thread().name)
+                first = len(started) == 1
+            if first:
+                raise RuntimeError("cannot raise this thread")
+
+        pool = WorkerPool(reactor, 2, name=name, thread_start=thread_start)
+        results: dict[int, list[str]] = {n: [] for n in range(2)}
+        lanes = [TranscodeWorker(reactor, EchoTranscoder, results[n].append, pool=pool, name=f"lane{n}")
+                 for n in range(2)]
+        for n, lane in enumerate(lanes):
+            self.assertTrue(lane.submit(MediaInput(f"{n}".encode(), 0.0)))
+        self.run_until(reactor, lambda: all(results.values()))
+        self.assertEqual(sorted(started), [f"{name}-0", f"{name}-1"])
+        self.assertEqual(pool.thread_start_errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(results, {0: ["0-out"], 1: ["1-out"]})
+        for lane in lanes:
+            lane.stop()
+        stopped: list[object] = []
+        pool.stop().addCallback(stopped.append)
+        self.run_until(reactor, lambda: bool(stopped))
+
 class BatchTests(SynchronousTestCase):
     run_until = PoolTests.run_until
     def test_items_wait_for_the_batch_and_results_come_back_together(self) -> None:

@@ -229,6 +229,40 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, threshold))
         self.successResultOf(service.stopService())
 
+    def test_media_threads_at_realtime_priority_while_running(self) -> None:
+        """Started, the gateway raises the thread that starts it (the reactor's) to ``realtime_priority`` (5 by
+        default), and each transcoding thread raises itself to the same as it starts; /metrics shows both;
+        stopping puts the reactor thread's scheduling back.  A transcoding thread stays normal when the reactor's
+        could not be raised."""
+        from tests.test_priority import FakeSystem
+        from wcsgw.priority import RealtimePriority
+
+        service = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp()}))
+        self.assertEqual(service.priority.priority, 5)
+        system = FakeSystem()
+        service.priority = RealtimePriority(service.priority.priority, system)
+        service.startService()
+        self.assertEqual((system.policy, system.param), (2 | 0x40000000, ("param", 5)))
+        self.assertIn('wcsgw_realtime_priority{thread="reactor"} 5\n', render(service))
+        self.assertNotIn('thread="transcoding"', render(service))  # none started yet
+        self.assertIs(service.pool._thread_start.__func__, GatewayService._raise_transcoding_thread)
+        service.transcoding_priorities.append(RealtimePriority(5, FakeSystem()))  # as a thread's start() would
+        service.transcoding_priorities[0].start()
+        self.assertIn('wcsgw_realtime_priority{thread="transcoding"} 5\n', render(service))
+        self.successResultOf(service.stopService())
+        self.assertEqual((system.policy, system.param), (0, ("param", 0)))
+        self.assertIn('wcsgw_realtime_priority{thread="reactor"} 0\n', render(service))
+
+        refused = GatewayService(MemoryReactorUdp(), config.build_settings({"state_dir": self.mktemp()}))
+        refused.priority = RealtimePriority(5, FakeSystem(refuse=1))
+        refused.startService()
+        refused._raise_transcoding_thread()  # what a transcoding thread does first: nothing to follow
+        self.assertEqual(refused.transcoding_priorities, [])
+        self.successResultOf(refused.stopService())
+        service = GatewayService(MemoryReactorUdp(), config.build_settings(
+            {"state_dir": self.mktemp(), "realtime_priority": 0}))
+        self.assertEqual(service.priority.priority, 0)
+
     def test_production_profile_adds_https_and_generates_certificate(self) -> None:
         """Production serves HTTP and HTTPS on every interface and makes a self-signed certificate once."""
         state = Path(self.mktemp())

@@ -361,6 +361,15 @@ def render(gateway: Any) -> str:
     out.histogram("wcsgw_reactor_lag_seconds", "how late the reactor ran a call scheduled every 100 ms",
                   gateway.lag.histogram)
     out.metric("wcsgw_reactor_lag_max_seconds", "gauge", "largest reactor lag seen", [("", gateway.lag.max)])
+    priority = getattr(gateway, "priority", None)
+    if priority is not None:
+        samples = [('{thread="reactor"}', priority.applied)]
+        transcoding = list(getattr(gateway, "transcoding_priorities", ()))  # the threads started so far
+        if transcoding:
+            samples.append(('{thread="transcoding"}', min(p.applied for p in transcoding)))
+        out.metric("wcsgw_realtime_priority", "gauge",
+                   "real-time priority (SCHED_RR) of the reactor thread and of the transcoding threads (the lowest; "
+                   "once started); 0: normal scheduling", samples)
     gc_monitor = getattr(gateway, "gc", None)
     if gc_monitor is not None:
         generations = [f'{{generation="{g}"}}' for g in range(3)]

@@ -25,6 +25,7 @@ from wcsgw.calls import CallManager, new_node_id
 from wcsgw.events import CallAppNotifier, TreqPoster
 from wcsgw.media.worker import WorkerPool
 from wcsgw.metrics import GcMonitor, ReactorLagMonitor, render
+from wcsgw.priority import RealtimePriority
 from wcsgw.rest.app import ApiResource, RestApi
 from wcsgw.rest.auth import CREDENTIALS_FILE, CredentialStore
 from wcsgw.rest.tls import certificate_paths, server_context
@@ -140,9 +141,13 @@ class GatewayService(service.MultiService):
         allocator = PortAllocator(settings.media_port_from, settings.media_port_to, reactor)
         media = udp.available() and IReactorFDSet.providedBy(reactor)
         gate = threading.Lock() if media and settings.media_first else None  # see WorkerPool's gate
+        # The reactor thread and the transcoding threads at one real-time priority (see wcsgw.priority).
+        self.priority = RealtimePriority(settings.realtime_priority)
+        self.transcoding_priorities: list[RealtimePriority] = []
         self.pool = WorkerPool(reactor, transcode_thread_count(settings.transcode_threads, os.cpu_count()),
                                name="wcsgw-tc",
-                               batch_interval=settings.transcode_batch_ms / 1000.0, gate=gate)
+                               batch_interval=settings.transcode_batch_ms / 1000.0, gate=gate,
+                               thread_start=self._raise_transcoding_thread)
         self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
                                            kernel_timestamps=settings.media_kernel_timestamps, gate=gate)
@@ -174,6 +179,14 @@ class GatewayService(service.MultiService):
             https.setName("rest-https")
             https.setServiceParent(self)
 
+    def _raise_transcoding_thread(self) -> None:
+        """In each transcoding thread as it starts (with the first call): the reactor's priority, if the reactor
+        has it (a refusal is the reactor's to report)."""
+        if self.priority.applied:
+            priority = RealtimePriority(self.priority.applied, quiet=True)
+            self.transcoding_priorities.append(priority)
+            priority.start()
+
     def startService(self) -> None:
         log.info("wcsgw starting: profile {profile}, REST http://{address}:{port}/rest-api",
                  profile=self.settings.profile, address=self.settings.rest_bind_address, port=self.settings.rest_port)
@@ -183,6 +196,7 @@ class GatewayService(service.MultiService):
         # which carries the latency, is the thread that should wait least.
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
+        self.priority.start()  # the reactor thread's: startService runs in it
         self.agent.start()
         self.lag.start()
         super().startService()
@@ -210,6 +224,7 @@ class GatewayService(service.MultiService):
             self.media_sockets.close()
         sys.setswitchinterval(self._switch_interval)
         self.gc.stop()
+        self.priority.stop()
 
 
 def makeService(options: Options) -> service.IService:

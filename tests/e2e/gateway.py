@@ -92,6 +92,10 @@ class ChildProcess:
         return self._proto.output.decode("utf-8", "replace")
 
     @property
+    def pid(self) -> int:
+        return int(self._transport.pid)
+
+    @property
     def running(self) -> bool:
         return self._proto.exit_code is None and not self._proto.ended.called
 
@@ -118,6 +122,18 @@ class ChildProcess:
             self._transport.signalProcess("KILL")
             yield self.ended()
         return self.exit_code
+
+
+def thread_scheduling(pid: int) -> dict[str, tuple[int, int]]:
+    """(scheduling policy, real-time priority) of each thread of process ``pid``, by thread name (``comm``; the
+    main thread's as "main"), from /proc (Linux)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        raw = (task / "stat").read_text()
+        name = "main" if task.name == str(pid) else raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()  # from field 3 (state) on: field N is fields[N - 3]
+        out[name] = (int(fields[38]), int(fields[37]))  # policy (41), rt_priority (40)
+    return out
 
 
 @inlineCallbacks

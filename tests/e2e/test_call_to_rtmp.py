@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -26,7 +27,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.e2e.gateway import CallAppReceiver, ChildProcess, free_tcp_port, start_gateway, wait_for
+from tests.e2e.gateway import (CallAppReceiver, ChildProcess, free_tcp_port, start_gateway, thread_scheduling,
+                               wait_for)
 from tests.e2e.nginx import NginxRtmp
 from tests.e2e.sipp import Sipp, require_sipp
 
@@ -223,6 +225,16 @@ class CallToRtmpTests(TestCase):
                 break
             yield deferLater(reactor, 0.1, lambda: None)
         self.assertTrue(active, "pushes did not become active")
+        # The reactor thread and the transcoding thread it started with the call run at real-time priority
+        # (realtime_priority, 5); the threads of Twisted's pool, if any, normal (SCHED_RESET_ON_FORK).
+        threads = thread_scheduling(self.gateway.pid)
+        if os.geteuid() == 0:
+            self.assertEqual(threads["main"], (os.SCHED_RR, 5), threads)
+            self.assertEqual(threads["wcsgw-tc"], (os.SCHED_RR, 5), threads)
+            self.assertEqual({policy for name, policy in threads.items() if name not in ("main", "wcsgw-tc")},
+                             {(os.SCHED_OTHER, 0)} if len(threads) > 2 else set(), threads)
+        else:  # may not raise its threads: it says so and runs normal
+            self.assertIn("cannot run at real-time priority", self.gateway.output)
 
         main = yield self.record(workdir, "call_h264")
         self.assertEqual(main["streams"], {"video": "h264", "audio": "aac"})

@@ -100,7 +100,7 @@ class WorkerPool:
 
     def __init__(self, reactor: WorkerReactor, threads: int = 2, *, name: str = "transcode",
                  poll_interval: float = 0.01, batch_interval: float = 0.0,
-                 gate: threading.Lock | None = None) -> None:
+                 gate: threading.Lock | None = None, thread_start: Callable[[], object] | None = None) -> None:
         """``batch_interval`` (seconds, 0: none): work waits up to this long on the reactor, then goes to each
         thread in one batch, and each batch's results come back to the reactor together.  A thread then wakes once
         per batch instead of once per item, and the reactor once per batch instead of once per result: on this
@@ -115,7 +115,10 @@ class WorkerPool:
         in it, the item included: 384 ms of AAC audio) goes on regardless: on a loaded machine the reactor holds
         the gate most of the time (also while the scheduler has it wait for a core), and the work must not starve.
         (Counting the batches queued for the thread instead was not enough: a reactor that runs late hands over
-        fewer, larger batches, and AAC frames were dropped at 100 calls.)"""
+        fewer, larger batches, and AAC frames were dropped at 100 calls.)
+
+        ``thread_start``: called first in each pool thread (`wcsgw.priority.RealtimePriority` raises the thread); an
+        exception from it is logged and counted in ``thread_start_errors``, and the thread works on."""
         if threads < 1:
             raise ValueError(f"a worker pool needs at least one thread, not {threads}")
         if batch_interval < 0:
@@ -123,6 +126,8 @@ class WorkerPool:
         self._reactor = reactor
         self.name = name
         self._gate = gate
+        self._thread_start = thread_start
+        self.thread_start_errors = 0
         self.gate_backlog = 3  # items waiting in a lane from which on its items no longer wait at the gate
         self.gate_recheck = 0.005  # seconds between looks at the backlog while waiting at the gate
         self.gate_waits = 0  # items that found the gate held (written by the pool threads)
@@ -207,6 +212,12 @@ class WorkerPool:
     def _run(self, work: queue.Queue[Any]) -> None:
         """A pool thread: batches of ``(lane, item)`` in, each batch's results out in one ``callFromThread``."""
         _name_os_thread(threading.current_thread().name)
+        if self._thread_start is not None:
+            try:
+                self._thread_start()
+            except Exception:  # the thread works on as it is
+                self.thread_start_errors += 1
+                log.failure("pool {name}: thread_start failed", name=self.name)
         while True:
             batch = work.get()
             if batch is _STOP:
