@@ -35,6 +35,23 @@ def _stat_times(path: str) -> tuple[str, float] | None:
     return comm, (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE", 6: "SCHED_DEADLINE"}
+
+
+def scheduling(pid: int) -> str | None:
+    """The scheduling of the main thread of ``pid``: "SCHED_OTHER", or a real-time policy with its priority
+    ("SCHED_RR 5"); None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            raw = stat_file.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    priority, policy = int(fields[37]), int(fields[38])  # rt_priority is field 40, policy field 41
+    name = _POLICIES.get(policy, f"policy {policy}")
+    return f"{name} {priority}" if priority else name
+
+
 @dataclass
 class CpuSample:
     """CPU seconds used so far: per process (total), per thread group name, and of the main threads."""

@@ -274,6 +274,12 @@ def table(data: dict[str, Any]) -> str:
                for t in data["trials"] if t["system"] == "gateway" and t.get("cpu_threads_s")]
     if threads:
         lines += ["", "Gateway CPU seconds in the window by thread name: " + "; ".join(threads) + "."]
+    scheduling: dict[str, set[str]] = {}
+    for t in data["trials"]:
+        scheduling.setdefault(t["system"], set()).update(t.get("scheduling") or ())
+    if any(scheduling.values()):
+        lines += ["", "Scheduling of the processes' main threads (the gateway's is its reactor): " + "; ".join(
+            f"{system} {', '.join(sorted(policies))}" for system, policies in scheduling.items() if policies) + "."]
     lines += [
         "",
         "CPU: utime+stime of the system's processes in the window (gateway: the twistd process; its main thread is "

@@ -121,7 +121,8 @@ class Trial:
         capture: Capture | None = None
         system: Baseline | Gateway
         if self.system_name == "baseline":
-            system = Baseline(self.procs, self.dir / "ffmpeg", self.media, hold=self.hold(), aac_rate=args.aac_rate)
+            system = Baseline(self.procs, self.dir / "ffmpeg", self.media, hold=self.hold(), aac_rate=args.aac_rate,
+                              realtime_priority=args.baseline_realtime_priority)
         else:
             assert self.callapp is not None
             system = Gateway(self.procs, self.dir / "gateway", self.media, callapp=self.callapp,
@@ -221,6 +222,7 @@ class Trial:
         args, r = self.args, self.result
         pids = system.pids()
         r["processes"] = len(pids)
+        r["scheduling"] = sorted({policy for policy in map(procstat.scheduling, pids) if policy})
         streams0 = self.nginx.streams()
         snmp0 = procstat.snmp_udp()
         drops0 = procstat.udp_drops(pids)
@@ -335,6 +337,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aac-coder", choices=("fast", "twoloop"), default="fast",
                         help="the gateway's aac_coder (its default: fast); ffmpeg's own default is twoloop")
     parser.add_argument("--gateway-arg", action="append", default=[], help="extra twistd wcsgw option (repeat)")
+    parser.add_argument("--baseline-realtime-priority", type=int, default=0, metavar="N",
+                        help="run each ffmpeg under chrt --rr N, as the gateway runs its media threads by default "
+                             "(0: normal priority, the default: the baseline as people run it)")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--keep-work", action="store_true", help="keep the trial's capture in bench/work/")
     parser.add_argument("--report", type=Path, metavar="JSON",

@@ -76,9 +76,13 @@ class Baseline:
     name = "baseline"
     prefix = "base"
 
-    def __init__(self, procs: Processes, workdir: Path, media: Media, *, hold: float, aac_rate: int = 8000) -> None:
+    def __init__(self, procs: Processes, workdir: Path, media: Media, *, hold: float, aac_rate: int = 8000,
+                 realtime_priority: int = 0) -> None:
+        """``realtime_priority`` (0: none): each ffmpeg runs under ``chrt --rr`` at it, all its threads, as the
+        gateway runs its media threads by default (``realtime_priority``)."""
         self.procs = procs
         self.aac_rate = aac_rate
+        self.realtime_priority = realtime_priority
         self.workdir = workdir
         self.media = media
         self.hold = hold
@@ -99,6 +103,8 @@ class Baseline:
                     "-c:v", "copy", "-c:a", "aac", "-ar", str(self.aac_rate), "-ac", "1",
                     "-b:a", str(aac_bitrate(0, self.aac_rate)),
                     "-f", "flv", f"{call.rtmp_url}/{call.name}"]
+            if self.realtime_priority:
+                argv = ["chrt", "--rr", str(self.realtime_priority), *argv]
             self.ffmpegs[call.name] = self.procs.start(f"ffmpeg {call.name}", argv, cwd=self.workdir,
                                                        log=self.workdir / f"{call.name}.log")
         for call in calls:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from bench.report import fit
 from bench.systems import Gateway, histogram_quantiles, parse_prometheus
@@ -289,3 +290,50 @@ class AbTests(SynchronousTestCase):
         self.assertAlmostEqual(result["new"]["total"], 0.52)
         self.assertAlmostEqual(result["new"]["send"], 0.7)  # the run without it is left out
         self.assertNotIn("held", result["old"])
+
+
+class SchedulingTests(SynchronousTestCase):
+    def test_scheduling_of_a_process(self) -> None:
+        """``procstat.scheduling`` names a main thread's policy, with its priority when real-time; None once the
+        process is gone."""
+        import shutil
+        import subprocess
+
+        from bench import procstat
+
+        self.assertEqual(procstat.scheduling(os.getpid()), "SCHED_OTHER")
+        chrt = shutil.which("chrt")
+        if chrt is None:
+            raise SkipTest("no chrt (util-linux) to start a real-time process with")
+        child = subprocess.Popen([chrt, "--rr", "3", "sleep", "30"], stderr=subprocess.PIPE)
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        import time
+
+        deadline = time.monotonic() + 30
+        while child.poll() is None and time.monotonic() < deadline:  # until chrt has become sleep, or failed
+            try:
+                if Path(f"/proc/{child.pid}/comm").read_text().strip() == "sleep":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        if child.returncode is not None:
+            raise SkipTest(f"chrt may not start real-time processes here: {child.stderr.read().decode()!r}")
+        self.assertEqual(procstat.scheduling(child.pid), "SCHED_RR 3")
+        child.kill()
+        child.wait()
+        self.assertIsNone(procstat.scheduling(child.pid))
+
+    def test_report_names_the_scheduling(self) -> None:
+        """The report says how each system's main threads were scheduled, when the trials recorded it."""
+        import json
+
+        from bench.report import table
+
+        data = json.loads((Path(__file__).parent / "results" / "bench-20261126-211319.json").read_text())
+        self.assertNotIn("Scheduling of the processes' main threads", table(data))
+        for trial in data["trials"]:
+            trial["scheduling"] = ["SCHED_RR 5"] if trial["system"] == "gateway" else ["SCHED_OTHER"]
+        self.assertIn("Scheduling of the processes' main threads (the gateway's is its reactor): "
+                      "gateway SCHED_RR 5; baseline SCHED_OTHER.", table(data))
