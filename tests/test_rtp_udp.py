@@ -311,6 +311,68 @@ class IntervalTests(TestCase):
             self.sockets.bind(0, Recorder(), LOCAL, hold=-0.01)
         self.assertEqual(str(caught.exception), "hold must not be negative, not -0.01")
 
+    def test_light_drains_go_further_apart_and_heavy_ones_come_back(self) -> None:
+        """With a ``light_interval``, once a window (1 s) of drains took less than 18 % of the time (their CPU),
+        drains go ``light_interval`` apart; once a window of those took more than 16 % (about 20 % at the
+        shorter interval), ``interval`` again; the held socket's deadline follows the interval in force."""
+        clock = Clock()
+        cpu = [0.0]
+        step = [0.0]  # CPU seconds each clock read adds (a drain reads it three times)
+
+        def cpu_clock() -> float:
+            cpu[0] += step[0]
+            return cpu[0]
+
+        sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, cpu_clock=cpu_clock)
+        self.addCleanup(sockets.close)
+        sockets.bind(0, Stamped(), LOCAL)
+        drains = sockets.drains
+
+        def run(seconds: float) -> None:  # from drain to drain
+            end = clock.seconds() + seconds - 0.001
+            while clock.seconds() < end:
+                clock.advance(sockets._timer.getTime() - clock.seconds())
+
+        step[0] = 0.001  # 2 ms of a drain's CPU in 10 ms: 20 %, not light
+        run(2.0)
+        self.assertEqual(sockets.current_interval, 0.01)
+        self.assertEqual(sockets.drains - drains, 200)
+        step[0] = 0.0008  # 1.6 ms in 10 ms: 16 %, light
+        run(1.1)  # a whole window of it
+        self.assertEqual(sockets.current_interval, 0.02)
+        drains = sockets.drains
+        run(1.0)
+        self.assertEqual(sockets.drains - drains, 50)
+        step[0] = 0.0015  # 3 ms in 20 ms: 15 %, still light
+        run(2.0)
+        self.assertEqual(sockets.current_interval, 0.02)
+        # a held socket's datagrams go up to half the interval in force early: read at t, held 48 ms, delivered
+        # at the drain of t + 40 ms (t + 48 <= t + 40 + 10), not at t + 60 as with half of 10 ms
+        held = Stamped()
+        media = sockets.bind(0, held, LOCAL, hold=0.048)
+        self._send(b"h", media)
+        clock.advance(sockets._timer.getTime() - clock.seconds())
+        read_at = clock.seconds()
+        clock.advance(sockets._timer.getTime() - clock.seconds())
+        self.assertEqual(held.datagrams, [])
+        clock.advance(sockets._timer.getTime() - clock.seconds())
+        self.assertEqual([d for d, _ in held.datagrams], [b"h"])
+        self.assertAlmostEqual(clock.seconds() - read_at, 0.04)
+        step[0] = 0.0017  # 3.4 ms in 20 ms: 17 %, heavy
+        run(1.1)
+        self.assertEqual(sockets.current_interval, 0.01)
+        self.assertEqual(sockets.interval_changes, 2)
+        drains = sockets.drains
+        run(1.0)
+        self.assertEqual(sockets.drains - drains, 100)
+
+    def test_light_interval_must_be_longer(self) -> None:
+        """A light interval is longer than the interval, and needs one."""
+        for interval, light in ((0.01, 0.01), (0.0, 0.02)):
+            with self.assertRaises(ValueError) as caught:
+                MediaSockets(reactor, interval=interval, light_interval=light)
+            self.assertEqual(str(caught.exception), f"light_interval must be longer than interval, not {light}")
+
     def test_negative_interval(self) -> None:
         """A negative interval is refused."""
         with self.assertRaises(ValueError) as caught:

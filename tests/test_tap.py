@@ -149,14 +149,24 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(len(service.pool._threads), 3)
 
     def test_media_sockets_take_the_read_settings(self) -> None:
-        """``media_read_interval_ms`` and ``media_kernel_timestamps`` reach the media sockets."""
+        """``media_read_interval_ms``, ``media_read_interval_light_ms`` (taken only when longer) and
+        ``media_kernel_timestamps`` reach the media sockets."""
         for stamps in (False, True):
             service = GatewayService(MemoryReactorUdp(), config.build_settings(
                 {"state_dir": self.mktemp(), "media_read_interval_ms": 20, "media_kernel_timestamps": stamps}))
             if service.media_sockets is None:
                 raise SkipTest("no epoll here")
-            self.assertEqual(service.media_sockets.interval, 0.02)
+            self.assertEqual((service.media_sockets.interval, service.media_sockets.light_interval), (0.02, 0.0))
             self.assertIs(service.media_sockets.kernel_timestamps, stamps)
+        for overrides, intervals in (({}, (0.01, 0.02)), ({"media_read_interval_light_ms": 0}, (0.01, 0.0)),
+                                     ({"media_read_interval_light_ms": 30}, (0.01, 0.03)),
+                                     ({"media_read_interval_ms": 0}, (0.0, 0.0))):
+            service = GatewayService(MemoryReactorUdp(), config.build_settings(
+                {"state_dir": self.mktemp(), **overrides}))
+            sockets = service.media_sockets
+            assert sockets is not None
+            self.assertEqual((sockets.interval, sockets.light_interval), intervals, overrides)
+            self.assertIn(f"wcsgw_media_read_interval_seconds {sockets.current_interval:g}\n", render(service))
 
     def test_audio_rtp_is_held_for_media_audio_batch_ms(self) -> None:
         """``media_audio_batch_ms`` is the ``hold`` of each call's audio RTP socket; video RTP and every RTCP

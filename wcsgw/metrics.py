@@ -389,6 +389,12 @@ def render(gateway: Any) -> str:
                    [("", sockets.datagrams)])
         out.metric("wcsgw_media_drains_total", "counter", "batched reads of the media sockets",
                    [("", sockets.drains)])
+        out.metric("wcsgw_media_read_interval_seconds", "gauge",
+                   "time between reads of the media sockets now (media_read_interval_ms, or _light_ms while light)",
+                   [("", sockets.current_interval)])
+        out.metric("wcsgw_media_read_interval_changes_total", "counter",
+                   "changes between media_read_interval_ms and media_read_interval_light_ms",
+                   [("", sockets.interval_changes)])
         out.metric("wcsgw_media_socket_errors_total", "counter",
                    "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",
                    [('{kind="receive"}', sockets.receive_errors), ('{kind="protocol"}', sockets.protocol_errors),

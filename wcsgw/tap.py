@@ -148,7 +148,9 @@ class GatewayService(service.MultiService):
                                name="wcsgw-tc",
                                batch_interval=settings.transcode_batch_ms / 1000.0, gate=gate,
                                thread_start=self._raise_transcoding_thread)
-        self.media_sockets = (MediaSockets(reactor, interval=settings.media_read_interval_ms / 1000.0,
+        interval, light = settings.media_read_interval_ms, settings.media_read_interval_light_ms
+        self.media_sockets = (MediaSockets(reactor, interval=interval / 1000.0,
+                                           light_interval=light / 1000.0 if light > interval > 0 else 0.0,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
                                            kernel_timestamps=settings.media_kernel_timestamps, gate=gate)
                               if media else None)

@@ -180,18 +180,35 @@ class MediaSockets:
 
     def __init__(self, reactor: Any, *, interval: float = 0.0, max_batch: int = 4096,
                  receive_buffer: int | None = None, kernel_timestamps: bool = False,
-                 gate: threading.Lock | None = None) -> None:
+                 gate: threading.Lock | None = None, light_interval: float = 0.0,
+                 cpu_clock: Callable[[], float] = thread_time) -> None:
         """``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``interval``: seconds between drains (0:
         drain whenever a socket is readable); ``receive_buffer`` sets each socket's SO_RCVBUF (the kernel caps it
         at net.core.rmem_max); ``kernel_timestamps``: with an interval, each datagram's arrival time is the
         kernel's, not the drain's; ``gate``: a lock held during each drain, when it is free (never waited for:
-        see `wcsgw.media.worker.WorkerPool`)."""
+        see `wcsgw.media.worker.WorkerPool`).
+
+        ``light_interval`` (seconds, longer than ``interval``; 0: none): the interval while the drains are light.
+        Every ``LOAD_WINDOW`` seconds the share of the time the drains took (their CPU, ``cpu_clock``) is
+        looked at: below ``LIGHT_LOAD`` the drains go ``light_interval`` apart, above ``HEAVY_LOAD`` (measured
+        at the light interval, where drains take less of the time) back to ``interval``.  A drain costs the same whether it finds little or much,
+        and the call it delivers to is cold in the caches each time; with few calls that is most of the cost:
+        at 10 and 30 calls of the bench, drains every 20 ms instead of 10 took 16 % and 10 % less CPU in all
+        for 10 ms more latency at p99; at 50 and 100 calls no less (the reactor's share less, the transcoding
+        thread's more), for a p99 twice as long."""
         if interval < 0:
             raise ValueError(f"interval must not be negative, not {interval}")
+        if light_interval and (not interval or light_interval <= interval):
+            raise ValueError(f"light_interval must be longer than interval, not {light_interval}")
         self._reactor = reactor
         self._epoll = select.epoll()
         self._sockets: dict[int, MediaSocket] = {}
         self.interval = interval
+        self.light_interval = light_interval
+        self.current_interval = interval  # the interval in force: interval, or light_interval while light
+        self._cpu_clock = cpu_clock
+        self._load_since = 0.0  # start of the window the load is measured over (reactor time)
+        self._load_cpu = 0.0  # read_cpu + deliver_cpu then
         self._max_batch = max_batch
         self._receive_buffer = receive_buffer
         self.kernel_timestamps = kernel_timestamps
@@ -204,6 +221,7 @@ class MediaSockets:
         # counters
         self.datagrams = 0
         self.drains = 0
+        self.interval_changes = 0  # between interval and light_interval
         self.receive_errors = 0
         self.protocol_errors = 0
         self.send_drops = 0
@@ -248,6 +266,8 @@ class MediaSockets:
             return
         self._reading = True
         if self.interval:
+            self.current_interval = self.interval
+            self._load_since, self._load_cpu = self._reactor.seconds(), self.read_cpu + self.deliver_cpu
             self._timer = self._reactor.callLater(self.interval, self._tick)
         else:
             self._reactor.addReader(self)
@@ -285,17 +305,44 @@ class MediaSockets:
         self._timer = None
         try:
             self.drain()
+            if self.light_interval:
+                self._check_load()
         finally:
             if self._reading:
-                self._timer = self._reactor.callLater(self.interval, self._tick)
+                self._timer = self._reactor.callLater(self.current_interval, self._tick)
+
+    #: Seconds over which the drains' load is measured; the share of that time (CPU in drains over time) below
+    #: which drains at ``interval`` go ``light_interval`` apart, and the share above which drains at
+    #: ``light_interval`` go back to ``interval``.  Measured on this machine at 10 ms: 6 % at 10 calls, 15 % at
+    #: 30, 22 % at 50; at 20 ms about 0.8 of that (16 % there is about 20 % at 10 ms): only between 18 and 20 %
+    #: at 10 ms does the interval depend on where the load came from.
+    LOAD_WINDOW = 1.0
+    LIGHT_LOAD = 0.18
+    HEAVY_LOAD = 0.16
+
+    def _check_load(self) -> None:
+        now = self._reactor.seconds()
+        if now - self._load_since < self.LOAD_WINDOW:
+            return
+        cpu = self.read_cpu + self.deliver_cpu
+        share = (cpu - self._load_cpu) / (now - self._load_since)
+        self._load_since, self._load_cpu = now, cpu
+        if self.current_interval == self.interval:
+            if share < self.LIGHT_LOAD:
+                self.current_interval = self.light_interval
+                self.interval_changes += 1
+        elif share > self.HEAVY_LOAD:
+            self.current_interval = self.interval
+            self.interval_changes += 1
 
     def drain(self) -> None:
         """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it, socket by socket."""
         self.drains += 1
+        clock = self._cpu_clock
         with holding_if_free(self._gate):
-            started = thread_time()
+            started = clock()
             batch = self._read()
-            read = thread_time()
+            read = clock()
             holding = self._holding
             for media, datagrams in batch.items():
                 if media.closed:  # an earlier delivery of this drain ended its call
@@ -311,12 +358,12 @@ class MediaSockets:
             if holding:
                 self._deliver_held(self._reactor.seconds())
             self.read_cpu += read - started
-            self.deliver_cpu += thread_time() - read
+            self.deliver_cpu += clock() - read
 
     def _deliver_held(self, now: float) -> None:
         """Deliver what sockets held whose first datagram has waited its ``hold`` (half an interval early rather
         than a whole interval late)."""
-        due = now + self.interval / 2
+        due = now + self.current_interval / 2
         for media, held in list(self._holding.items()):
             if media.closed or held[0][2] + media.hold > due:  # closed: by an earlier delivery (``_remove``)
                 continue
