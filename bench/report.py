@@ -271,6 +271,8 @@ def table(data: dict[str, Any]) -> str:
                   + (f", RTMP send {t['media_send_cpu_s']:.2f}" if t.get("media_send_cpu_s") is not None else "")
                   + ")" if t.get("media_read_cpu_s") is not None
                   and t.get("media_deliver_cpu_s") is not None else "")
+               + (f", media reads {1000 * t['window_s'] / t['media_drains']:.1f} ms apart"
+                  if t.get("media_drains") and t.get("window_s") else "")
                for t in data["trials"] if t["system"] == "gateway" and t.get("cpu_threads_s")]
     if threads:
         lines += ["", "Gateway CPU seconds in the window by thread name: " + "; ".join(threads) + "."]

@@ -410,6 +410,15 @@ class Gateway:
                                            - (metric_sum(before, self.GC_PAUSE, generation="2") or 0.0), 4)
             out["gc_pause_s"] = round((metric_sum(after, self.GC_PAUSE) or 0.0)
                                       - (metric_sum(before, self.GC_PAUSE) or 0.0), 4)
+        drains = delta("wcsgw_media_drains_total")
+        if drains:  # how far apart the media reads were in the window, on average (media_read_interval_light_ms)
+            out["media_drains"] = drains
+        changes = delta("wcsgw_media_read_interval_changes_total")
+        if changes is not None:
+            out["media_read_interval_changes"] = changes
+        interval = metric_sum(after, "wcsgw_media_read_interval_seconds")
+        if interval is not None:
+            out["media_read_interval_s"] = interval
         (lag_p99,), lag_count = histogram_quantiles(before, after, self.LAG, (0.99,))
         if lag_count:
             out["reactor_lag_p99"] = lag_p99

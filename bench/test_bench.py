@@ -31,6 +31,9 @@ wcsgw_gc_collections_total{generation="2"} 1
 wcsgw_gc_pause_seconds_total{generation="0"} 0.02
 wcsgw_gc_pause_seconds_total{generation="1"} 0.01
 wcsgw_gc_pause_seconds_total{generation="2"} 0.05
+wcsgw_media_drains_total 1000
+wcsgw_media_read_interval_changes_total 1
+wcsgw_media_read_interval_seconds 0.01
 """
 AFTER = """\
 wcsgw_rtp_to_rtmp_latency_seconds_bucket{media="video",le="0.001"} 60
@@ -50,6 +53,9 @@ wcsgw_gc_collections_total{generation="2"} 3
 wcsgw_gc_pause_seconds_total{generation="0"} 0.05
 wcsgw_gc_pause_seconds_total{generation="1"} 0.03
 wcsgw_gc_pause_seconds_total{generation="2"} 0.2
+wcsgw_media_drains_total 1500
+wcsgw_media_read_interval_changes_total 4
+wcsgw_media_read_interval_seconds 0.02
 """
 
 
@@ -98,6 +104,9 @@ class PrometheusTests(SynchronousTestCase):
                          (2, 0.2, 0.3))
         # the garbage collector in the window: 2 full collections of 150 ms in all, 200 ms of pauses in all
         self.assertEqual((counters["gc_full"], counters["gc_full_pause_s"], counters["gc_pause_s"]), (2, 0.15, 0.2))
+        # the media reads in the window, and their interval at its end (media_read_interval_light_ms)
+        self.assertEqual((counters["media_drains"], counters["media_read_interval_s"],
+                          counters["media_read_interval_changes"]), (500, 0.02, 3))
         from bench.report import _gc_text
 
         self.assertEqual(_gc_text(counters), "2 (150) / 200")
