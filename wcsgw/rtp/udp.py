@@ -14,7 +14,8 @@ packets).
 
 When drains happen: with ``interval`` 0, whenever a socket is readable (the epoll set is one ``IReadDescriptor``
 of the reactor); with ``interval`` > 0, every ``interval`` seconds on a timer, so that a drain finds a few
-datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams a drain instead of 2).  The
+datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams a drain instead of 2).  With a
+``light_interval`` the drains go that far apart while they take little of the reactor's time (few calls).  The
 datagrams then wait up to ``interval`` in the kernel.  Their arrival time is the drain's (``recvfrom``), up to
 ``interval`` later than the kernel's receive time, unless ``kernel_timestamps`` asks for the kernel's
 (``SO_TIMESTAMP`` with ``recvmsg``: exact jitter statistics and latency histograms, for about 1 us more per
@@ -191,11 +192,11 @@ class MediaSockets:
         ``light_interval`` (seconds, longer than ``interval``; 0: none): the interval while the drains are light.
         Every ``LOAD_WINDOW`` seconds the share of the time the drains took (their CPU, ``cpu_clock``) is
         looked at: below ``LIGHT_LOAD`` the drains go ``light_interval`` apart, above ``HEAVY_LOAD`` (measured
-        at the light interval, where drains take less of the time) back to ``interval``.  A drain costs the same whether it finds little or much,
-        and the call it delivers to is cold in the caches each time; with few calls that is most of the cost:
-        at 10 and 30 calls of the bench, drains every 20 ms instead of 10 took 16 % and 10 % less CPU in all
-        for 10 ms more latency at p99; at 50 and 100 calls no less (the reactor's share less, the transcoding
-        thread's more), for a p99 twice as long."""
+        at the light interval, where drains take less of the time) back to ``interval``.  A drain costs about
+        the same whether it finds little or much, and the calls it delivers to are cold in the caches each time;
+        with few calls that is most of the cost: at 10 and 30 calls of the bench, drains every 20 ms instead of
+        10 took 17 % and 10 % less CPU in all, for about 10 ms more latency at p99; at 50 and 100 calls no less
+        (the reactor's share less, the transcoding thread's more), for a p99 twice as long."""
         if interval < 0:
             raise ValueError(f"interval must not be negative, not {interval}")
         if light_interval and (not interval or light_interval <= interval):
