@@ -323,7 +323,9 @@ class IntervalTests(TestCase):
             cpu[0] += step[0]
             return cpu[0]
 
-        sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, cpu_clock=cpu_clock)
+        lights: list[bool] = []
+        sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, cpu_clock=cpu_clock,
+                               on_light=lights.append)
         self.addCleanup(sockets.close)
         sockets.bind(0, Stamped(), LOCAL)
         drains = sockets.drains
@@ -361,10 +363,25 @@ class IntervalTests(TestCase):
         step[0] = 0.0017  # 3.4 ms in 20 ms: 17 %, heavy
         run(1.1)
         self.assertEqual(sockets.current_interval, 0.01)
-        self.assertEqual(sockets.interval_changes, 2)
+        self.assertEqual((sockets.interval_changes, lights), (2, [True, False]))
         drains = sockets.drains
         run(1.0)
         self.assertEqual(sockets.drains - drains, 100)
+
+    def test_a_failing_on_light_is_logged(self) -> None:
+        """What ``on_light`` raises is logged; the interval changes all the same."""
+        clock = Clock()
+
+        def fail(light: bool) -> None:
+            raise RuntimeError("on_light failed on purpose")
+
+        sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, cpu_clock=lambda: 0.0, on_light=fail)
+        self.addCleanup(sockets.close)
+        sockets.bind(0, Stamped(), LOCAL)
+        while clock.seconds() < 1.05:
+            clock.advance(sockets._timer.getTime() - clock.seconds())
+        self.assertEqual(sockets.current_interval, 0.02)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_light_interval_must_be_longer(self) -> None:
         """A light interval is longer than the interval, and needs one."""

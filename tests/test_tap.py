@@ -168,6 +168,22 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual((sockets.interval, sockets.light_interval), intervals, overrides)
             self.assertIn(f"wcsgw_media_read_interval_seconds {sockets.current_interval:g}\n", render(service))
 
+    def test_transcoding_batches_follow_light_reads(self) -> None:
+        """While the media reads are light the transcoding batches wait ``transcode_batch_light_ms`` (40) instead
+        of ``transcode_batch_ms`` (20), and back; 0 for the light one keeps the other; no batches stay none."""
+        for overrides, light, normal in (({}, 0.04, 0.02), ({"transcode_batch_light_ms": 0}, 0.02, 0.02),
+                                         ({"transcode_batch_ms": 0}, 0.0, 0.0)):
+            service = GatewayService(MemoryReactorUdp(), config.build_settings(
+                {"state_dir": self.mktemp(), **overrides}))
+            if service.media_sockets is None:
+                raise SkipTest("no epoll here")
+            self.assertEqual(service.media_sockets._on_light, service._reads_light)
+            self.assertEqual(service.pool.batch_interval, normal)
+            service._reads_light(True)
+            self.assertEqual(service.pool.batch_interval, light, overrides)
+            service._reads_light(False)
+            self.assertEqual(service.pool.batch_interval, normal, overrides)
+
     def test_audio_rtp_is_held_for_media_audio_batch_ms(self) -> None:
         """``media_audio_batch_ms`` is the ``hold`` of each call's audio RTP socket; video RTP and every RTCP
         socket deliver at each read; 0: audio too."""

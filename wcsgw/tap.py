@@ -151,6 +151,7 @@ class GatewayService(service.MultiService):
         interval, light = settings.media_read_interval_ms, settings.media_read_interval_light_ms
         self.media_sockets = (MediaSockets(reactor, interval=interval / 1000.0,
                                            light_interval=light / 1000.0 if light > interval > 0 else 0.0,
+                                           on_light=self._reads_light,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
                                            kernel_timestamps=settings.media_kernel_timestamps, gate=gate)
                               if media else None)
@@ -180,6 +181,12 @@ class GatewayService(service.MultiService):
                 SSL4ServerEndpoint(reactor, settings.https_port, context, interface=bind), site)
             https.setName("rest-https")
             https.setServiceParent(self)
+
+    def _reads_light(self, light: bool) -> None:
+        """The media reads went ``media_read_interval_light_ms`` apart (few calls), or back: the transcoding
+        batches follow (``transcode_batch_light_ms``)."""
+        batch, light_batch = self.settings.transcode_batch_ms, self.settings.transcode_batch_light_ms
+        self.pool.batch_interval = (light_batch if light and light_batch and batch else batch) / 1000.0
 
     def _raise_transcoding_thread(self) -> None:
         """In each transcoding thread as it starts (with the first call): the reactor's priority, if the reactor

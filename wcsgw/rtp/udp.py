@@ -182,7 +182,8 @@ class MediaSockets:
     def __init__(self, reactor: Any, *, interval: float = 0.0, max_batch: int = 4096,
                  receive_buffer: int | None = None, kernel_timestamps: bool = False,
                  gate: threading.Lock | None = None, light_interval: float = 0.0,
-                 cpu_clock: Callable[[], float] = thread_time) -> None:
+                 cpu_clock: Callable[[], float] = thread_time,
+                 on_light: Callable[[bool], object] | None = None) -> None:
         """``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``interval``: seconds between drains (0:
         drain whenever a socket is readable); ``receive_buffer`` sets each socket's SO_RCVBUF (the kernel caps it
         at net.core.rmem_max); ``kernel_timestamps``: with an interval, each datagram's arrival time is the
@@ -196,7 +197,9 @@ class MediaSockets:
         the same whether it finds little or much, and the calls it delivers to are cold in the caches each time;
         with few calls that is most of the cost: at 10 and 30 calls of the bench, drains every 20 ms instead of
         10 took 17 % and 10 % less CPU in all, for about 10 ms more latency at p99; at 50 and 100 calls no less
-        (the reactor's share less, the transcoding thread's more), for a p99 twice as long."""
+        (the reactor's share less, the transcoding thread's more), for a p99 twice as long.  ``on_light`` is
+        called with True when the drains go ``light_interval`` apart, with False when they come back (what it
+        raises is logged)."""
         if interval < 0:
             raise ValueError(f"interval must not be negative, not {interval}")
         if light_interval and (not interval or light_interval <= interval):
@@ -208,6 +211,7 @@ class MediaSockets:
         self.light_interval = light_interval
         self.current_interval = interval  # the interval in force: interval, or light_interval while light
         self._cpu_clock = cpu_clock
+        self._on_light = on_light
         self._load_since = 0.0  # start of the window the load is measured over (reactor time)
         self._load_cpu = 0.0  # read_cpu + deliver_cpu then
         self._max_batch = max_batch
@@ -328,13 +332,17 @@ class MediaSockets:
         cpu = self.read_cpu + self.deliver_cpu
         share = (cpu - self._load_cpu) / (now - self._load_since)
         self._load_since, self._load_cpu = now, cpu
-        if self.current_interval == self.interval:
-            if share < self.LIGHT_LOAD:
-                self.current_interval = self.light_interval
-                self.interval_changes += 1
-        elif share > self.HEAVY_LOAD:
-            self.current_interval = self.interval
-            self.interval_changes += 1
+        was_light = self.current_interval != self.interval
+        if (share <= self.HEAVY_LOAD) if was_light else (share >= self.LIGHT_LOAD):
+            return  # stays as it is
+        light = not was_light
+        self.current_interval = self.light_interval if light else self.interval
+        self.interval_changes += 1
+        if self._on_light is not None:
+            try:
+                self._on_light(light)
+            except Exception:
+                log.failure("media sockets: on_light failed")
 
     def drain(self) -> None:
         """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it, socket by socket."""
