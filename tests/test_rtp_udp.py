@@ -364,6 +364,16 @@ class IntervalTests(TestCase):
         run(1.1)
         self.assertEqual(sockets.current_interval, 0.01)
         self.assertEqual((sockets.interval_changes, lights), (2, [True, False]))
+        # light when the last socket goes: the next one starts at the short interval, and on_light hears it
+        step[0] = 0.0
+        run(1.1)
+        self.assertEqual((sockets.current_interval, lights), (0.02, [True, False, True]))
+        for port in list(sockets._sockets.values()):
+            port.stopListening()
+        self.assertIsNone(sockets._timer)
+        sockets.bind(0, Stamped(), LOCAL)
+        self.assertEqual((sockets.current_interval, lights), (0.01, [True, False, True, False]))
+        self.assertAlmostEqual(sockets._timer.getTime() - clock.seconds(), 0.01)
         drains = sockets.drains
         run(1.0)
         self.assertEqual(sockets.drains - drains, 100)

@@ -271,7 +271,8 @@ class MediaSockets:
             return
         self._reading = True
         if self.interval:
-            self.current_interval = self.interval
+            if self.current_interval != self.interval:  # light when the last socket went: start short again
+                self._set_light(False)
             self._load_since, self._load_cpu = self._reactor.seconds(), self.read_cpu + self.deliver_cpu
             self._timer = self._reactor.callLater(self.interval, self._tick)
         else:
@@ -335,7 +336,9 @@ class MediaSockets:
         was_light = self.current_interval != self.interval
         if (share <= self.HEAVY_LOAD) if was_light else (share >= self.LIGHT_LOAD):
             return  # stays as it is
-        light = not was_light
+        self._set_light(not was_light)
+
+    def _set_light(self, light: bool) -> None:
         self.current_interval = self.light_interval if light else self.interval
         self.interval_changes += 1
         if self._on_light is not None:
