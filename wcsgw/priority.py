@@ -9,9 +9,9 @@ threads the same way on machines with more than one core, Asterisk with ``-p``.
 
 The transcoding threads take the same priority as the reactor: with the reactor alone raised, it preempted a
 transcoding thread whenever it woke on that thread's core (often holding the GIL, which the reactor then waited
-for), and the transcoding thread took 10 to 15 % more CPU; at the same priority neither preempts the other, and
-the kernel puts the one that wakes on the other core.  Measured at 100 calls of the bench (see README,
-``realtime_priority``).
+for), and the transcoding thread took 10 to 15 % more CPU; at the same priority neither preempts the other (the
+one that wakes waits, or the kernel's real-time balancing runs it on the other core), and the transcoding
+thread's CPU was as at normal priority.  Measured at 100 calls of the bench (see README, ``realtime_priority``).
 
 ``RealtimePriority.start`` raises only the thread that calls it, with ``SCHED_RESET_ON_FORK``: the threads and
 processes it starts later begin in the normal class (each transcoding thread raises itself; Twisted's thread
