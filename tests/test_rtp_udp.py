@@ -208,6 +208,34 @@ class IntervalTests(TestCase):
         self.assertFalse(timer.active())
         self.assertIsNone(self.sockets._timer)
 
+    def test_drains_start_an_interval_apart_however_long_they_take(self) -> None:
+        """Drains start ``interval`` apart: the time one takes does not push the next one back (the datagrams
+        wait an interval at most, not an interval plus the drain); one that takes longer than the interval is
+        followed at once."""
+        clock = Clock()
+        sockets = MediaSockets(clock, interval=0.04)
+        self.addCleanup(sockets.close)
+
+        class Slow(Stamped):
+            cost = 0.0
+
+            def datagrams_arrived(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
+                super().datagrams_arrived(datagrams)
+                clock.rightNow += self.cost  # the drain's work takes this long
+
+        slow = Slow()
+        media = sockets.bind(0, slow, LOCAL)
+        seen = []  # after each drain with a datagram: (its end, drains so far, when the next one is due)
+        for cost in (0.025, 0.0, 0.05):
+            slow.cost = cost
+            self._send(b"x", media)
+            clock.advance(sockets._timer.getTime() - clock.seconds())
+            seen.append((round(clock.seconds(), 6), sockets.drains, round(sockets._timer.getTime(), 6)))
+        self.assertEqual(len(slow.datagrams), 3)
+        # at 40 ms for 25 ms: the next at 80, not 105; at 80 for none: 120; at 120 for 50 ms: the next at once,
+        # at 170 (Clock runs it within the same advance: it finds nothing), and the one after it at 210
+        self.assertEqual(seen, [(0.065, 1, 0.08), (0.08, 2, 0.12), (0.17, 4, 0.21)])
+
     @inlineCallbacks
     def test_a_drain_holds_the_gate_when_it_is_free(self) -> Any:
         """With a gate (the lock the transcoding threads wait at) a drain holds it while it delivers, and lets it

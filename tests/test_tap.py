@@ -156,10 +156,11 @@ class ServiceTests(SynchronousTestCase):
                 {"state_dir": self.mktemp(), "media_read_interval_ms": 20, "media_kernel_timestamps": stamps}))
             if service.media_sockets is None:
                 raise SkipTest("no epoll here")
-            self.assertEqual((service.media_sockets.interval, service.media_sockets.light_interval), (0.02, 0.0))
+            self.assertEqual((service.media_sockets.interval, service.media_sockets.light_interval), (0.02, 0.06))
             self.assertIs(service.media_sockets.kernel_timestamps, stamps)
-        for overrides, intervals in (({}, (0.01, 0.02)), ({"media_read_interval_light_ms": 0}, (0.01, 0.0)),
-                                     ({"media_read_interval_light_ms": 30}, (0.01, 0.03)),
+        for overrides, intervals in (({}, (0.04, 0.06)), ({"media_read_interval_light_ms": 0}, (0.04, 0.0)),
+                                     ({"media_read_interval_light_ms": 30}, (0.04, 0.0)),
+                                     ({"media_read_interval_light_ms": 90}, (0.04, 0.09)),
                                      ({"media_read_interval_ms": 0}, (0.0, 0.0))):
             service = GatewayService(MemoryReactorUdp(), config.build_settings(
                 {"state_dir": self.mktemp(), **overrides}))

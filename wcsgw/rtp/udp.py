@@ -14,9 +14,12 @@ packets).
 
 When drains happen: with ``interval`` 0, whenever a socket is readable (the epoll set is one ``IReadDescriptor``
 of the reactor); with ``interval`` > 0, every ``interval`` seconds on a timer, so that a drain finds a few
-datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams a drain instead of 2).  With a
-``light_interval`` the drains go that far apart while they take little of the reactor's time (few calls).  The
-datagrams then wait up to ``interval`` in the kernel.  Their arrival time is the drain's (``recvfrom``), up to
+datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams a drain instead of 2).  Drains
+start ``interval`` apart however long each takes (one that takes longer is followed at once): a drain that
+re-armed its timer only when it ended made the interval the timer's plus the drain's (at 100 calls, 10 ms drains
+came 20 ms apart).  With a ``light_interval`` the drains go that far apart while they take little of the
+reactor's time (few calls).  The datagrams then wait up to ``interval`` in the kernel (plus what the reactor is
+busy with when the timer is due).  Their arrival time is the drain's (``recvfrom``), up to
 ``interval`` later than the kernel's receive time, unless ``kernel_timestamps`` asks for the kernel's
 (``SO_TIMESTAMP`` with ``recvmsg``: exact jitter statistics and latency histograms, for about 1 us more per
 datagram in process; at 50 calls of the bench the reactor spent 0.5 s of its 9 in those extra microseconds).
@@ -193,13 +196,11 @@ class MediaSockets:
         ``light_interval`` (seconds, longer than ``interval``; 0: none): the interval while the drains are light.
         Every ``LOAD_WINDOW`` seconds the share of the time the drains took (their CPU, ``cpu_clock``) is
         looked at: below ``LIGHT_LOAD`` the drains go ``light_interval`` apart, above ``HEAVY_LOAD`` (measured
-        at the light interval, where drains take less of the time) back to ``interval``.  A drain costs about
-        the same whether it finds little or much, and the calls it delivers to are cold in the caches each time;
-        with few calls that is most of the cost: at 10 and 30 calls of the bench, drains every 20 ms instead of
-        10 took 17 % and 10 % less CPU in all, for about 10 ms more latency at p99; at 50 and 100 calls no less
-        (the reactor's share less, the transcoding thread's more), for a p99 twice as long.  ``on_light`` is
-        called with True when the drains go ``light_interval`` apart, with False when they come back (what it
-        raises is logged)."""
+        at the light interval, where drains take less of the time) back to ``interval``.  Part of a drain's
+        cost is the same whether it finds little or much, and the calls it delivers to are cold in the caches
+        each time; with few calls that is much of the cost, and the latency a longer interval adds is cheaper
+        there than with many calls, where a drain takes longer itself.  ``on_light`` is called with True when
+        the drains go ``light_interval`` apart, with False when they come back (what it raises is logged)."""
         if interval < 0:
             raise ValueError(f"interval must not be negative, not {interval}")
         if light_interval and (not interval or light_interval <= interval):
@@ -219,6 +220,7 @@ class MediaSockets:
         self.kernel_timestamps = kernel_timestamps
         self._reading = False
         self._timer: Any = None
+        self._due = 0.0  # when the drain timer was due (drains start interval apart, however long each took)
         self._verifying: set[MediaSocket] = set()  # connected, not drained empty since (their peer is None)
         # what sockets with a hold read and have not delivered yet, in the order their first datagram came
         self._holding: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
@@ -273,7 +275,9 @@ class MediaSockets:
         if self.interval:
             if self.current_interval != self.interval:  # light when the last socket went: start short again
                 self._set_light(False)
-            self._load_since, self._load_cpu = self._reactor.seconds(), self.read_cpu + self.deliver_cpu
+            now = self._reactor.seconds()
+            self._load_since, self._load_cpu = now, self.read_cpu + self.deliver_cpu
+            self._due = now + self.interval
             self._timer = self._reactor.callLater(self.interval, self._tick)
         else:
             self._reactor.addReader(self)
@@ -315,13 +319,16 @@ class MediaSockets:
                 self._check_load()
         finally:
             if self._reading:
-                self._timer = self._reactor.callLater(self.current_interval, self._tick)
+                now = self._reactor.seconds()
+                due = max(self._due + self.current_interval, now)
+                self._due = due
+                self._timer = self._reactor.callLater(due - now, self._tick)
 
     #: Seconds over which the drains' load is measured; the share of that time (CPU in drains over time) below
     #: which drains at ``interval`` go ``light_interval`` apart, and the share above which drains at
-    #: ``light_interval`` go back to ``interval``.  Measured on this machine at 10 ms: 6 % at 10 calls, 15 % at
-    #: 30, 22 % at 50; at 20 ms about 0.8 of that (16 % there is about 20 % at 10 ms): only between 18 and 20 %
-    #: at 10 ms does the interval depend on where the load came from.
+    #: ``light_interval`` go back to ``interval``.  Measured on this machine with the bench's calls at 40 ms:
+    #: about 5 % at 10 calls, 21 % at 50, 41 % at 100; at 60 ms about 0.85 of that (16 % there is about 19 % at
+    #: 40 ms): only between 18 and 19 % at 40 ms does the interval depend on where the load came from.
     LOAD_WINDOW = 1.0
     LIGHT_LOAD = 0.18
     HEAVY_LOAD = 0.16
