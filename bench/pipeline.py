@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", choices=("aac", "passthrough"), default="aac",
                         help="rtmp_audio: aac (payloads gathered for the workers, which are left out) or passthrough "
                              "(G.711 tags made here)")
-    parser.add_argument("--interval-ms", type=float, default=10.0,
-                        help="media_read_interval_ms: datagrams come in batches this far apart (default 10)")
+    parser.add_argument("--interval-ms", type=float, default=40.0,
+                        help="media_read_interval_ms: datagrams come in batches this far apart "
+                             "(default 40, as the gateway)")
     parser.add_argument("--kinds", default="audio,video", help="the media fed: audio, video or both (default)")
     parser.add_argument("--kernel-timestamps", action="store_true",
                         help="media_kernel_timestamps: each datagram arrives at its own time, not its drain's")
