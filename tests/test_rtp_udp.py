@@ -198,6 +198,32 @@ class IntervalTests(TestCase):
         self.assertLessEqual(recorder.arrivals[-1], delivered)
         self.assertLessEqual(recorder.arrivals[0], last_sent + 0.05 + 1.0)  # an interval, and a slow machine
 
+    @inlineCallbacks
+    def test_a_socket_may_ask_for_kernel_timestamps_alone(self) -> Any:
+        """``bind(kernel_timestamps=...)`` decides for that socket, whatever the ``MediaSockets``' own: a stamped
+        socket's datagram arrives when the kernel received it, an unstamped one's when its drain read it; without
+        an interval no socket is stamped."""
+        sockets = MediaSockets(reactor, interval=0.05)
+        self.addCleanup(sockets.close)
+        stamped, plain = Stamped(), Stamped()
+        media = sockets.bind(0, stamped, LOCAL, kernel_timestamps=True)
+        other = sockets.bind(0, plain, LOCAL)
+        self.assertEqual((media.stamped, other.stamped), (True, False))
+        self.assertEqual([m.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP) for m in (media, other)], [1, 0])
+        self.assertFalse(self.sockets.bind(0, Recorder(), LOCAL, kernel_timestamps=False).stamped)
+        readable = MediaSockets(reactor)
+        self.addCleanup(readable.close)
+        self.assertFalse(readable.bind(0, Recorder(), LOCAL, kernel_timestamps=True).stamped)
+        # (the first datagram after time stamping is turned on may be stamped when read: see above)
+        self.peer.sendto(b"first", (LOCAL, media.getHost().port))
+        yield wait_for(lambda: len(stamped.datagrams) == 1, what="the first datagram")
+        self.peer.sendto(b"a", (LOCAL, media.getHost().port))
+        between = time.time()
+        self.peer.sendto(b"b", (LOCAL, other.getHost().port))
+        yield wait_for(lambda: len(stamped.datagrams) == 2 and len(plain.datagrams) == 1, what="both datagrams")
+        self.assertLessEqual(stamped.arrivals[1], between + 0.001)  # kernel microseconds against time.time()
+        self.assertGreaterEqual(plain.arrivals[0], between)
+
     def test_the_timer_stops_with_the_last_socket(self) -> None:
         """The drain timer runs only while a socket is bound."""
         media = self.sockets.bind(0, Recorder(), LOCAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from wcsgw import config
 from wcsgw.backend import CallMedia
 from wcsgw.metrics import render
+from wcsgw.rtp import udp
 from wcsgw.tap import GatewayService, Options, transcode_thread_count
 
 
@@ -151,13 +153,13 @@ class ServiceTests(SynchronousTestCase):
     def test_media_sockets_take_the_read_settings(self) -> None:
         """``media_read_interval_ms``, ``media_read_interval_light_ms`` (taken only when longer) and
         ``media_kernel_timestamps`` reach the media sockets."""
-        for stamps in (False, True):
+        for stamps, every in (("false", False), ("audio", False), ("true", True)):
             service = GatewayService(MemoryReactorUdp(), config.build_settings(
                 {"state_dir": self.mktemp(), "media_read_interval_ms": 20, "media_kernel_timestamps": stamps}))
             if service.media_sockets is None:
                 raise SkipTest("no epoll here")
             self.assertEqual((service.media_sockets.interval, service.media_sockets.light_interval), (0.02, 0.06))
-            self.assertIs(service.media_sockets.kernel_timestamps, stamps)
+            self.assertIs(service.media_sockets.kernel_timestamps, every)
         for overrides, intervals in (({}, (0.04, 0.06)), ({"media_read_interval_light_ms": 0}, (0.04, 0.0)),
                                      ({"media_read_interval_light_ms": 30}, (0.04, 0.0)),
                                      ({"media_read_interval_light_ms": 90}, (0.04, 0.09)),
@@ -201,6 +203,25 @@ class ServiceTests(SynchronousTestCase):
                      for channel, port in protocol._ports.items()}
             self.assertEqual(holds, {("audio", "rtp"): hold, ("audio", "rtcp"): 0.0, ("video", "rtp"): 0.0,
                                      ("video", "rtcp"): 0.0})
+
+    def test_kernel_timestamps_stamp_the_sockets_of_the_media_asked_for(self) -> None:
+        """``media_kernel_timestamps``: audio (the default) stamps each call's audio RTP and RTCP sockets with
+        the kernel's receive times and not its video's; true, every socket; false, none."""
+        for stamps, kinds in ((None, {"audio"}), ("audio", {"audio"}), ("true", {"audio", "video"}),
+                              ("false", set())):
+            overrides = {} if stamps is None else {"media_kernel_timestamps": stamps}
+            service = GatewayService(MemoryReactorUdp(), config.build_settings(
+                {"state_dir": self.mktemp(), "ip_local": "127.0.0.1", **overrides}))
+            sockets = service.media_sockets
+            if sockets is None:
+                raise SkipTest("no epoll here")
+            self.addCleanup(sockets.close)
+            media = CallMedia(service.backend, None)  # type: ignore[arg-type]
+            media.bind()
+            stamped = {(kind, channel): (port.stamped, port.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP))
+                       for kind, protocol in media.protocols.items() for channel, port in protocol._ports.items()}
+            self.assertEqual(stamped, {(kind, channel): (kind in kinds, int(kind in kinds))
+                                       for kind in ("audio", "video") for channel in ("rtp", "rtcp")}, stamps)
 
     def test_media_first_shares_one_gate(self) -> None:
         """``media_first`` (the default) gives the transcoding pool, the media sockets and the RTMP sends one lock

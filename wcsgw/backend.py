@@ -312,8 +312,11 @@ class CallMedia:
         try:
             for kind in KINDS:
                 hold = backend.settings.media_audio_batch_ms / 1000.0 if kind == "audio" else 0.0
+                stamps = backend.settings.media_kernel_timestamps
+                stamped = stamps == "true" or (stamps == "audio" and kind == "audio")
                 protocol = MediaStreamProtocol(backend.reactor, None, functools.partial(self._event, kind),
-                                               sockets=backend.media_sockets, rtp_hold=hold)
+                                               sockets=backend.media_sockets, rtp_hold=hold,
+                                               kernel_timestamps=stamped)
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
         except PortsExhausted:

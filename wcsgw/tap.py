@@ -153,7 +153,7 @@ class GatewayService(service.MultiService):
                                            light_interval=light / 1000.0 if light > interval > 0 else 0.0,
                                            on_light=self._reads_light,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
-                                           kernel_timestamps=settings.media_kernel_timestamps, gate=gate)
+                                           kernel_timestamps=settings.media_kernel_timestamps == "true", gate=gate)
                               if media else None)
         write_batch(reactor).gate = gate
         self.backend = GatewayBackend(reactor, settings, self.agent, allocator, pool=self.pool,

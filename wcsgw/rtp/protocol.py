@@ -59,13 +59,16 @@ class MediaStreamProtocol:
         on_event: Callable[[MediaEvent], None],
         sockets: MediaSockets | None = None,
         rtp_hold: float = 0.0,
+        kernel_timestamps: bool | None = None,
     ) -> None:
         """``sockets``: bind through this ``MediaSockets`` (one reactor reader for all media sockets) instead of
         ``reactor.listenUDP``; ``rtp_hold``: the RTP socket's ``hold`` there (seconds RTP may wait to be
-        delivered in larger batches, see ``MediaSockets.bind``)."""
+        delivered in larger batches, see ``MediaSockets.bind``); ``kernel_timestamps``: both sockets' there
+        (None: the ``MediaSockets``' own)."""
         self.reactor = reactor
         self._sockets = sockets
         self._rtp_hold = rtp_hold
+        self._kernel_timestamps = kernel_timestamps
         self.session = session
         self.on_event = on_event
         self.errors = 0
@@ -102,7 +105,8 @@ class MediaStreamProtocol:
     def _listen(self, port: int, protocol: MediaSocketProtocol, interface: str) -> Any:
         if self._sockets is not None:
             return self._sockets.bind(port, protocol, interface,
-                                      hold=self._rtp_hold if protocol is self.rtp_protocol else 0.0)
+                                      hold=self._rtp_hold if protocol is self.rtp_protocol else 0.0,
+                                      kernel_timestamps=self._kernel_timestamps)
         return self.reactor.listenUDP(port, protocol, interface=interface)
 
     def listen_allocated(self, allocator: PortAllocator, interface: str = "", rtcp: bool = True) -> tuple[int, int]:

@@ -114,6 +114,7 @@ class MediaSocket:
         self.peer: tuple[str, int] | None = None  # connect_peer's address, once no other source can be queued
         self._connected: tuple[str, int] | None = None  # what the socket is connected to
         self.hold = 0.0  # seconds the first datagram of a delivery may wait for more (see MediaSockets.bind)
+        self.stamped = False  # read with the kernel's receive time of each datagram (see MediaSockets.bind)
 
     def _one_by_one(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
         for data, addr, _arrival in datagrams:
@@ -239,8 +240,12 @@ class MediaSockets:
     def __len__(self) -> int:
         return len(self._sockets)
 
-    def bind(self, port: int, protocol: Any, interface: str = "", hold: float = 0.0) -> MediaSocket:
+    def bind(self, port: int, protocol: Any, interface: str = "", hold: float = 0.0,
+             kernel_timestamps: bool | None = None) -> MediaSocket:
         """Bind a UDP socket to ``interface``:``port`` for ``protocol`` (a ``DatagramProtocol``).
+
+        ``kernel_timestamps`` (only with an ``interval``; None: the ``MediaSockets``' own): this socket's
+        datagrams arrive at the kernel's receive time rather than their drain's.
 
         ``hold`` (seconds; only with an ``interval``): what a drain reads from this socket is held back and
         delivered once the first datagram held has waited ``hold`` (give or take half an interval), with those
@@ -254,7 +259,9 @@ class MediaSockets:
             sock.setblocking(False)
             if self._receive_buffer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
-            if self.interval and self.kernel_timestamps:
+            stamped = bool(self.interval) and (self.kernel_timestamps if kernel_timestamps is None
+                                                else kernel_timestamps)
+            if stamped:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
             sock.bind((interface, port))
         except OSError as exc:
@@ -262,6 +269,7 @@ class MediaSockets:
             raise CannotListenError(interface, port, exc) from exc
         media = MediaSocket(self, sock, protocol)
         media.hold = hold if self.interval else 0.0  # drains whenever readable have no timer to deliver by
+        media.stamped = stamped
         self._sockets[media.fileno] = media
         self._epoll.register(media.fileno, select.EPOLLIN)
         protocol.makeConnection(media)
@@ -402,8 +410,7 @@ class MediaSockets:
         count = 0
         poll = self._epoll.poll
         sockets = self._sockets
-        stamped = bool(self.interval) and self.kernel_timestamps
-        now = 0.0 if stamped else self._reactor.seconds()  # the arrival time of what this drain reads
+        now = self._reactor.seconds()  # the arrival time of what this drain reads, unless stamped
         unpack_from = _TIMEVAL.unpack_from
         limit = self._max_batch
         while count < limit:
@@ -416,17 +423,17 @@ class MediaSockets:
                     continue
                 try:
                     addr = media.peer
-                    if addr is not None and not stamped:  # connected: only the peer's datagrams come
-                        data = media.socket.recv(MAX_DATAGRAM)
-                        arrival = now
-                    elif stamped:
+                    if media.stamped:
                         data, ancillary, _flags, addr = media.socket.recvmsg(MAX_DATAGRAM, _ANCILLARY_SIZE)
                         # SO_TIMESTAMP is the only control message asked for
                         if ancillary and len(ancillary[0][2]) >= _TIMEVAL.size:
                             seconds, micros = unpack_from(ancillary[0][2])
                             arrival = seconds + micros * 1e-6
                         else:
-                            arrival = now = now or self._reactor.seconds()
+                            arrival = now
+                    elif addr is not None:  # connected: only the peer's datagrams come
+                        data = media.socket.recv(MAX_DATAGRAM)
+                        arrival = now
                     else:
                         data, addr = media.socket.recvfrom(MAX_DATAGRAM)
                         arrival = now
