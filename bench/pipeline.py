@@ -84,18 +84,21 @@ def _drains(packets: list[tuple[float, str, bytes]], interval: float, kernel_tim
     held as ``MediaSockets.bind``'s ``hold`` does (media_audio_batch_ms), with an interval."""
     out: list[tuple[float, dict[str, list[tuple[float, bytes]]]]] = []
     held: list[tuple[float, bytes]] = []
+    held_read = 0.0  # the drain that read the first held packet: the hold counts from there
     for when, kind, data in packets:
         # The drains run DRAIN_PHASE after the far end's clock: drains at whole multiples of the interval from the
         # first packet split a frame whose first packet is sent at such a multiple (every 40 ms frame of the
         # capture) from the rest of it; in the gateway the two clocks have no such relation.
         due = when if not interval else (math.floor((when - phase) / interval) + 1) * interval + phase
         if not out or out[-1][0] != due:
-            if held and interval and held[0][0] + audio_hold <= out[-1][0] + interval / 2:
+            if held and interval and held_read + audio_hold <= out[-1][0] + interval / 2:
                 out[-1][1]["audio"] = held
                 held = []
             out.append((due, {}))
         arrival = when if kernel_timestamps or not interval else due
         if kind == "audio" and audio_hold and interval:
+            if not held:
+                held_read = due
             held.append((arrival, data))
         else:
             out[-1][1].setdefault(kind, []).append((arrival, data))

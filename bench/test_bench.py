@@ -278,6 +278,11 @@ class DrainsTests(SynchronousTestCase):
         audio = [(round(when, 3), [d for _, d in batch["audio"]]) for when, batch in held if "audio" in batch]
         self.assertEqual(audio, [(0.05, [b"a0", b"a1", b"a2"])])
         self.assertEqual([d for _, batch in held for _, d in batch.get("video", [])], [b"v0", b"v1", b"v2", b"v3"])
+        # with kernel timestamps the hold still counts from the drain that read the packet, not from its arrival:
+        # a0 (arrived at 2 ms) read at 10 ms, held 30 ms: due at the drain of 50 ms (40 > 30 + 5), not 30
+        stamped_held = _drains(packets, 0.01, kernel_timestamps=True, audio_hold=0.03, phase=0.0)
+        audio = [(round(when, 3), [d for _, d in batch["audio"]]) for when, batch in stamped_held if "audio" in batch]
+        self.assertEqual(audio[0], (0.05, [b"a0", b"a1", b"a2"]))
 
 
 class AbTests(SynchronousTestCase):

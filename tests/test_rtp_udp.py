@@ -328,6 +328,25 @@ class IntervalTests(TestCase):
         self.assertEqual([d for d, _ in plain.datagrams], [b"p%d" % n for n in range(5)])
         self.assertEqual(sockets.datagrams, 10)
 
+    def test_the_hold_counts_from_the_read_not_from_the_kernel_arrival(self) -> None:
+        """With kernel timestamps a datagram arrives when the kernel got it, up to an interval before the drain
+        that reads it: its hold counts from that drain, so a held socket still delivers every other drain (with
+        40 ms reads and a 40 ms hold), not at every one."""
+        clock = Clock()
+        clock.advance(time.time())  # the kernel's times and the fake reactor's on one scale
+        sockets = MediaSockets(clock, interval=0.04, kernel_timestamps=True)
+        self.addCleanup(sockets.close)
+        held = Stamped()
+        media = sockets.bind(0, held, LOCAL, hold=0.04)
+        started = clock.seconds()
+        self._send(b"h", media)
+        clock.advance(sockets._timer.getTime() - clock.seconds())  # read 40 ms on
+        self.assertEqual(held.datagrams, [])
+        clock.advance(sockets._timer.getTime() - clock.seconds())  # 40 ms after the read
+        self.assertEqual([d for d, _ in held.datagrams], [b"h"])
+        self.assertAlmostEqual(clock.seconds() - started, 0.08, places=5)
+        self.assertLess(held.arrivals[0], started + 0.04)  # the kernel's time, before the drain's
+
     def test_what_a_closed_socket_held_is_let_go(self) -> None:
         """A socket closed while it holds datagrams (its call ended) delivers nothing more and leaves nothing
         behind, also when an earlier delivery of the same drain closes it."""

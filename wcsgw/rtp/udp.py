@@ -223,8 +223,9 @@ class MediaSockets:
         self._timer: Any = None
         self._due = 0.0  # when the drain timer was due (drains start interval apart, however long each took)
         self._verifying: set[MediaSocket] = set()  # connected, not drained empty since (their peer is None)
-        # what sockets with a hold read and have not delivered yet, in the order their first datagram came
-        self._holding: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
+        # what sockets with a hold read and have not delivered yet, in the order their first datagram came, with
+        # the time of the drain that read that one (not its arrival: with kernel timestamps that may be earlier)
+        self._holding: dict[MediaSocket, tuple[float, list[tuple[bytes, Any, float]]]] = {}
         self._gate = gate
         # counters
         self.datagrams = 0
@@ -248,9 +249,10 @@ class MediaSockets:
         datagrams arrive at the kernel's receive time rather than their drain's.
 
         ``hold`` (seconds; only with an ``interval``): what a drain reads from this socket is held back and
-        delivered once the first datagram held has waited ``hold`` (give or take half an interval), with those
+        delivered once the first datagram held has waited ``hold`` since it was read (give or take half an
+        interval; its arrival time may be earlier, with ``kernel_timestamps``), with those
         read meanwhile: fewer, larger deliveries, for a stream whose packets are worth little one by one (audio
-        on its way to 128 ms AAC frames).  Each datagram keeps the time it was read as its arrival."""
+        on its way to 128 ms AAC frames).  Each datagram keeps its arrival time (its read's, or the kernel's)."""
         if hold < 0:
             raise ValueError(f"hold must not be negative, not {hold}")
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
@@ -368,7 +370,8 @@ class MediaSockets:
         clock = self._cpu_clock
         with holding_if_free(self._gate):
             started = clock()
-            batch = self._read()
+            read_at = self._reactor.seconds()
+            batch = self._read(read_at)
             read = clock()
             holding = self._holding
             for media, datagrams in batch.items():
@@ -377,9 +380,9 @@ class MediaSockets:
                 if media.hold:
                     held = holding.get(media)
                     if held is None:
-                        holding[media] = datagrams
+                        holding[media] = (read_at, datagrams)
                     else:
-                        held.extend(datagrams)
+                        held[1].extend(datagrams)
                     continue
                 self._deliver(media, datagrams)
             if holding:
@@ -388,11 +391,11 @@ class MediaSockets:
             self.deliver_cpu += clock() - read
 
     def _deliver_held(self, now: float) -> None:
-        """Deliver what sockets held whose first datagram has waited its ``hold`` (half an interval early rather
-        than a whole interval late)."""
+        """Deliver what sockets held whose first datagram has waited its ``hold`` since it was read (half an
+        interval early rather than a whole interval late)."""
         due = now + self.current_interval / 2
-        for media, held in list(self._holding.items()):
-            if media.closed or held[0][2] + media.hold > due:  # closed: by an earlier delivery (``_remove``)
+        for media, (read_at, held) in list(self._holding.items()):
+            if media.closed or read_at + media.hold > due:  # closed: by an earlier delivery (``_remove``)
                 continue
             del self._holding[media]
             self._deliver(media, held)
@@ -405,12 +408,12 @@ class MediaSockets:
             self.protocol_errors += 1
             log.failure("media datagrams on port {port} failed", port=media._host[1])
 
-    def _read(self) -> dict[MediaSocket, list[tuple[bytes, Any, float]]]:
+    def _read(self, now: float) -> dict[MediaSocket, list[tuple[bytes, Any, float]]]:
         batch: dict[MediaSocket, list[tuple[bytes, Any, float]]] = {}
         count = 0
         poll = self._epoll.poll
         sockets = self._sockets
-        now = self._reactor.seconds()  # the arrival time of what this drain reads, unless stamped
+        # ``now``: the arrival time of what this drain reads, unless stamped
         unpack_from = _TIMEVAL.unpack_from
         limit = self._max_batch
         while count < limit:
