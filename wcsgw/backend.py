@@ -309,10 +309,10 @@ class CallMedia:
 
     def bind(self) -> None:
         backend = self.backend
+        stamps = backend.settings.media_kernel_timestamps
         try:
             for kind in KINDS:
                 hold = backend.settings.media_audio_batch_ms / 1000.0 if kind == "audio" else 0.0
-                stamps = backend.settings.media_kernel_timestamps
                 stamped = stamps == "true" or (stamps == "audio" and kind == "audio")
                 protocol = MediaStreamProtocol(backend.reactor, None, functools.partial(self._event, kind),
                                                sockets=backend.media_sockets, rtp_hold=hold,
