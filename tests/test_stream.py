@@ -172,36 +172,41 @@ class AacTranscodeTests(TestCase):
     @inlineCallbacks
     def test_pcmu_at_its_own_rate_reaches_the_worker_a_frame_at_a_time(self) -> Any:
         """With ``aac_sample_rate`` 0 (source) PCMU becomes 8 kHz AAC, no resampling; contiguous payloads reach
-        the worker about one job per AAC frame (1024 samples, 6.4 packets) instead of one per packet, and no
-        audio is lost on the way: 2 s of packets give 2 s of AAC, in order, 128 ms apart."""
-        publishers: list[FakePublisher] = []
+        the worker about one job per ``aac_frames_per_job`` AAC frames (1024 samples, 6.4 packets, each) instead
+        of one per packet, and no audio is lost on the way: 2 s of packets give 2 s of AAC, in order, 128 ms
+        apart."""
+        # 16000 samples: 15 full frames; one job per frame (the last 640 samples wait for more), or 7 jobs of two
+        # (the last 1664 wait)
+        for per_job, jobs in ((1, 15), (2, 7)):
+            publishers: list[FakePublisher] = []
 
-        def factory(*args: Any, **kw: Any) -> FakePublisher:
-            publishers.append(FakePublisher(*args, **kw))
-            return publishers[-1]
+            def factory(*args: Any, **kw: Any) -> FakePublisher:
+                publishers.append(FakePublisher(*args, **kw))
+                return publishers[-1]
 
-        stream = CallStream(reactor, "s3", StreamOptions(aac_sample_rate=0), audio=AUDIO_PCMU, video=None,
-                            request_keyframe=lambda: None, publisher_factory=factory)
-        stream.add_destination("d", "rtmp://127.0.0.1/live", "x", lambda *a: None)
-        now = reactor.seconds()
-        for n in range(100):
-            stream.media_event("audio", AudioFrame(n * 160, bytes([0x10 + (n * 7) % 90]) * 160, 0, now + n * 0.02),
-                               now + n * 0.02)
-        worker = stream._audio_worker
-        yield wait_for(lambda: worker.counters.processed == worker.counters.submitted, what="the audio worker")
-        # 16000 samples: 15 full frames; one job per frame (the last 640 samples wait for more)
-        self.assertEqual(worker.counters.submitted, 15)
-        yield wait_for(lambda: len([t for t in publishers[0].tags if t.tag_type == flv.TagType.AUDIO]) >= 15,
-                       what="AAC tags")
-        audio = [t for t in publishers[0].tags if t.tag_type == flv.TagType.AUDIO and not t.is_sequence_header]
-        steps = {b.timestamp_ms - a.timestamp_ms for a, b in zip(audio[1:], audio[2:])}
-        self.assertEqual(steps, {128})
-        data = flv.flv_file_bytes(publishers[0].tags, has_audio=True, has_video=False)
-        frames = list(av.open(io.BytesIO(data), format="flv").decode(audio=0))
-        self.assertEqual(frames[0].sample_rate, 8000)
-        self.assertGreaterEqual(sum(f.samples for f in frames), 13 * 1024)
-        self.assertEqual(stream._metadata_fields()["audiosamplerate"], 8000)
-        yield stream.stop()
+            stream = CallStream(reactor, f"s3-{per_job}", StreamOptions(aac_sample_rate=0, aac_frames_per_job=per_job),
+                                audio=AUDIO_PCMU, video=None, request_keyframe=lambda: None,
+                                publisher_factory=factory)
+            stream.add_destination("d", "rtmp://127.0.0.1/live", "x", lambda *a: None)
+            now = reactor.seconds()
+            for n in range(100):
+                stream.media_event("audio", AudioFrame(n * 160, bytes([0x10 + (n * 7) % 90]) * 160, 0,
+                                                       now + n * 0.02), now + n * 0.02)
+            worker = stream._audio_worker
+            yield wait_for(lambda: worker.counters.processed == worker.counters.submitted, what="the audio worker")
+            self.assertEqual(worker.counters.submitted, jobs)
+            # the sequence header, and every frame in but the one the encoder holds back
+            yield wait_for(lambda: len([t for t in publishers[0].tags if t.tag_type == flv.TagType.AUDIO])
+                           >= jobs * per_job, what="AAC tags")
+            audio = [t for t in publishers[0].tags if t.tag_type == flv.TagType.AUDIO and not t.is_sequence_header]
+            steps = {b.timestamp_ms - a.timestamp_ms for a, b in zip(audio[1:], audio[2:])}
+            self.assertEqual(steps, {128})
+            data = flv.flv_file_bytes(publishers[0].tags, has_audio=True, has_video=False)
+            frames = list(av.open(io.BytesIO(data), format="flv").decode(audio=0))
+            self.assertEqual(frames[0].sample_rate, 8000)
+            self.assertGreaterEqual(sum(f.samples for f in frames), 13 * 1024)
+            self.assertEqual(stream._metadata_fields()["audiosamplerate"], 8000)
+            yield stream.stop()
 
     @inlineCallbacks
     def test_narrowband_sources_get_the_cutoff(self) -> Any:

@@ -200,6 +200,7 @@ class GatewayBackend:
             audio_bitrate=settings.aac_bitrate,
             aac_coder=settings.aac_coder,
             aac_narrowband_cutoff=settings.aac_narrowband_cutoff_hz,
+            aac_frames_per_job=settings.aac_frames_per_job,
             video_bitrate=settings.video_bitrate,
             reconnect_delays=settings.rtmp_reconnect_delays,
         )
