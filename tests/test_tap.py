@@ -187,20 +187,24 @@ class ServiceTests(SynchronousTestCase):
             service._reads_light(False)
             self.assertEqual(service.pool.batch_interval, normal, overrides)
 
+    def _call_ports(self, overrides: dict[str, Any]) -> dict[tuple[str, str], Any]:
+        """The media sockets a call binds with these settings, by (kind, channel)."""
+        service = GatewayService(MemoryReactorUdp(), config.build_settings(
+            {"state_dir": self.mktemp(), "ip_local": "127.0.0.1", **overrides}))
+        sockets = service.media_sockets
+        if sockets is None:
+            raise SkipTest("no epoll here")
+        self.addCleanup(sockets.close)
+        media = CallMedia(service.backend, None)  # type: ignore[arg-type]
+        media.bind()
+        return {(kind, channel): port for kind, protocol in media.protocols.items()
+                for channel, port in protocol._ports.items()}
+
     def test_audio_rtp_is_held_for_media_audio_batch_ms(self) -> None:
         """``media_audio_batch_ms`` is the ``hold`` of each call's audio RTP socket; video RTP and every RTCP
         socket deliver at each read; 0: audio too."""
         for batch_ms, hold in ((40, 0.04), (0, 0.0)):
-            service = GatewayService(MemoryReactorUdp(), config.build_settings(
-                {"state_dir": self.mktemp(), "ip_local": "127.0.0.1", "media_audio_batch_ms": batch_ms}))
-            sockets = service.media_sockets
-            if sockets is None:
-                raise SkipTest("no epoll here")
-            self.addCleanup(sockets.close)
-            media = CallMedia(service.backend, None)  # type: ignore[arg-type]
-            media.bind()
-            holds = {(kind, channel): port.hold for kind, protocol in media.protocols.items()
-                     for channel, port in protocol._ports.items()}
+            holds = {key: port.hold for key, port in self._call_ports({"media_audio_batch_ms": batch_ms}).items()}
             self.assertEqual(holds, {("audio", "rtp"): hold, ("audio", "rtcp"): 0.0, ("video", "rtp"): 0.0,
                                      ("video", "rtcp"): 0.0})
 
@@ -210,16 +214,8 @@ class ServiceTests(SynchronousTestCase):
         for stamps, kinds in ((None, {"audio"}), ("audio", {"audio"}), ("true", {"audio", "video"}),
                               ("false", set())):
             overrides = {} if stamps is None else {"media_kernel_timestamps": stamps}
-            service = GatewayService(MemoryReactorUdp(), config.build_settings(
-                {"state_dir": self.mktemp(), "ip_local": "127.0.0.1", **overrides}))
-            sockets = service.media_sockets
-            if sockets is None:
-                raise SkipTest("no epoll here")
-            self.addCleanup(sockets.close)
-            media = CallMedia(service.backend, None)  # type: ignore[arg-type]
-            media.bind()
-            stamped = {(kind, channel): (port.stamped, port.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP))
-                       for kind, protocol in media.protocols.items() for channel, port in protocol._ports.items()}
+            stamped = {key: (port.stamped, port.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP))
+                       for key, port in self._call_ports(overrides).items()}
             self.assertEqual(stamped, {(kind, channel): (kind in kinds, int(kind in kinds))
                                        for kind in ("audio", "video") for channel in ("rtp", "rtcp")}, stamps)
 
