@@ -381,6 +381,30 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(pool.batches, 2)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
+    def test_hand_over_now_gives_the_batch_without_its_timer(self) -> None:
+        """``hand_over_now`` hands the waiting items over at once and cancels the batch's timer (the media drains
+        call it at their end); with nothing waiting it does nothing."""
+        reactor = ThreadedFakeReactor()
+        pool = WorkerPool(reactor, 1, name=f"test-pool-{next(_names)}", batch_interval=0.02)
+        pool.hand_over_now()
+        self.assertEqual(pool.batches, 0)
+        results: list[str] = []
+        lane = TranscodeWorker(reactor, EchoTranscoder, results.append, pool=pool, name="lane", max_queue=100)
+        for i in range(3):
+            self.assertTrue(lane.submit(MediaInput(f"{i}".encode(), float(i))))
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        pool.hand_over_now()
+        self.assertEqual((pool.batches, reactor.getDelayedCalls()), (1, []))
+        f, args = reactor.from_thread.get(timeout=WAIT)  # the three items' results, in one call
+        f(*args)
+        self.assertEqual(results, ["0-out", "1-out", "2-out"])
+        pool.hand_over_now()
+        self.assertEqual(pool.batches, 1)
+        lane.stop()
+        stopped: list[object] = []
+        pool.stop().addCallback(stopped.append)
+        self.run_until(reactor, lambda: bool(stopped))
+
     def test_negative_interval_refused(self) -> None:
         self.assertRaises(ValueError, WorkerPool, ThreadedFakeReactor(), 1, batch_interval=-1.0)
 

@@ -60,6 +60,11 @@ class LagTests(SynchronousTestCase):
         self.assertEqual(monitor.histogram.count, 2)
         monitor.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+        monitor.observe(0.02)  # a sample from another periodic call (the media drains' timer)
+        self.assertEqual((monitor.last, monitor.histogram.count), (0.02, 3))
+        self.assertAlmostEqual(monitor.max, 0.3)
+        monitor.observe(0.5)
+        self.assertEqual((monitor.last, monitor.max), (0.5, 0.5))
 
 
 class GcMonitorTests(SynchronousTestCase):

@@ -8,13 +8,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.e2e.gateway import wait_for
-from wcsgw.rtmp.protocol import RtmpClientProtocol, write_batch
+from wcsgw.rtmp.protocol import RtmpClientProtocol, WriteBatch, write_batch
 from wcsgw.rtmp.session import RtmpClientSession
 from wcsgw.rtmp.url import parse
 
@@ -236,3 +236,36 @@ class DirectWriteTests(TestCase):
         yield ended
         self.assertEqual(bytes(received[1 + 1536:]), b"last words")
         yield listener.lost
+
+
+class _Queued:
+    """What ``WriteBatch`` needs of a protocol: its queued writes, sent by ``_send_queued``."""
+
+    transport = None
+    _held = None
+
+    def __init__(self, sent: list[str], name: str) -> None:
+        self.sent, self.name = sent, name
+
+    def _send_queued(self) -> None:
+        self.sent.append(self.name)
+
+
+class WriteBatchTests(SynchronousTestCase):
+    def test_send_now_sends_the_turns_writes_in_place_of_its_call(self) -> None:
+        """``send_now`` (the media drains call it at their end) sends what waits for the turn's ``callLater(0)``
+        at once, in order, and cancels that call; with nothing waiting it does nothing."""
+        clock = Clock()
+        batch = WriteBatch(clock)
+        sent: list[str] = []
+        batch.send_now()
+        self.assertEqual((sent, batch.batches), ([], 0))
+        batch.add(_Queued(sent, "a"))  # type: ignore[arg-type]
+        batch.add(_Queued(sent, "b"))  # type: ignore[arg-type]
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        batch.send_now()
+        self.assertEqual((sent, batch.batches, batch.sends, clock.getDelayedCalls()), (["a", "b"], 1, 2, []))
+        batch.send_now()
+        clock.advance(0)
+        self.assertEqual((sent, batch.batches), (["a", "b"], 1))
+

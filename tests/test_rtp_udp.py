@@ -262,6 +262,44 @@ class IntervalTests(TestCase):
         # at 170 (Clock runs it within the same advance: it finds nothing), and the one after it at 210
         self.assertEqual(seen, [(0.065, 1, 0.08), (0.08, 2, 0.12), (0.17, 4, 0.21)])
 
+    def test_after_drain_hooks_run_in_the_drains_turn_and_lateness_is_its_timers_lag(self) -> None:
+        """``after_drain`` hooks run after each timed drain, in order, once its datagrams are delivered and before
+        the next timer is armed; one that raises is logged and the others run.  ``lateness`` is how late the
+        drain's timer ran.  ``on_reading`` hears the drains start with the first socket and stop with the last."""
+        clock = Clock()
+        reading: list[bool] = []
+        sockets = MediaSockets(clock, interval=0.04, on_reading=reading.append)
+        self.addCleanup(sockets.close)
+        events: list[tuple[str, Any]] = []
+
+        class Seen(Stamped):
+            def datagrams_arrived(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
+                super().datagrams_arrived(datagrams)
+                events.append(("delivered", len(datagrams)))
+
+        def failing() -> None:
+            events.append(("failing", None))
+            raise RuntimeError("hook failed on purpose")
+
+        sockets.after_drain += [lambda: events.append(("first", sockets._timer)), failing,
+                                lambda: events.append(("last", round(sockets.lateness, 6)))]
+        self.assertEqual(reading, [])
+        media = sockets.bind(0, Seen(), LOCAL)
+        self.assertEqual(reading, [True])
+        self._send(b"x", media)
+        clock.advance(0.05)  # the drain was due at 40 ms: 10 ms late
+        self.assertEqual(events, [("delivered", 1), ("first", None), ("failing", None), ("last", 0.01)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        clock.advance(0.03)  # due at 80 ms, on time: the hooks run with nothing delivered
+        self.assertEqual(events[4:], [("first", None), ("failing", None), ("last", 0.0)])
+        self.flushLoggedErrors(RuntimeError)
+        second = sockets.bind(0, Stamped(), LOCAL)
+        media.stopListening()
+        self.assertEqual(reading, [True])
+        second.stopListening()
+        self.assertEqual(reading, [True, False])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     @inlineCallbacks
     def test_a_drain_holds_the_gate_when_it_is_free(self) -> Any:
         """With a gate (the lock the transcoding threads wait at) a drain holds it while it delivers, and lets it

@@ -219,6 +219,48 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(stamped, {(kind, channel): (kind in kinds, int(kind in kinds))
                                        for kind in ("audio", "video") for channel in ("rtp", "rtcp")}, stamps)
 
+    def test_the_media_drains_carry_the_lag_sample_the_rtmp_sends_and_the_transcoding_batch(self) -> None:
+        """While a call's media sockets are read, each timed drain ends with what would otherwise wake the reactor
+        for turns of its own: a reactor lag sample (how late the drain's timer ran; the lag monitor's own
+        100 ms timer stops meanwhile and comes back after the last call), the RTMP writes queued in the drain
+        (``WriteBatch``'s ``callLater(0)``) and the transcoding pool's batch (its 20 ms timer)."""
+        reactor = MemoryReactorUdp()
+        service = GatewayService(reactor, config.build_settings({"state_dir": self.mktemp(),
+                                                                 "ip_local": "127.0.0.1"}))
+        sockets = service.media_sockets
+        if sockets is None:
+            raise SkipTest("no epoll here")
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertTrue(service.lag._loop.running)
+        media = CallMedia(service.backend, None)  # type: ignore[arg-type]
+        media.bind()
+        self.assertFalse(service.lag._loop.running)
+        events: list[str] = []
+
+        class Connection:
+            transport = None
+            _held = None
+
+            def _send_queued(self) -> None:
+                events.append("sent")
+
+        def work_of_the_drain() -> None:  # runs first among the hooks: as if the drain's deliveries did it
+            service.rtmp_writes.add(Connection())  # type: ignore[arg-type]
+            service.pool._put(0, (None, None))
+            events.append("queued")
+
+        sockets.after_drain.insert(0, work_of_the_drain)
+        sockets.after_drain.append(lambda: events.append(f"drain over, batches {service.pool.batches}"))
+        samples = service.lag.histogram.count
+        reactor.advance(sockets.current_interval + 0.005)
+        self.assertEqual(events, ["queued", "sent", "drain over, batches 1"])
+        self.assertEqual(service.lag.histogram.count, samples + 1)
+        self.assertAlmostEqual(service.lag.last, 0.005)
+        for port in {port for protocol in media.protocols.values() for port in protocol._ports.values()}:
+            port.stopListening()
+        self.assertTrue(service.lag._loop.running)
+
     def test_media_first_shares_one_gate(self) -> None:
         """``media_first`` (the default) gives the transcoding pool, the media sockets and the RTMP sends one lock
         (the reactor holds it while it reads media or sends, the pool's threads wait at it); false: none."""

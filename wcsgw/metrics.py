@@ -68,7 +68,8 @@ class Histogram:
 
 
 class ReactorLagMonitor:
-    """Measures how late the reactor runs a call scheduled every ``interval`` seconds."""
+    """Measures how late the reactor runs a call scheduled every ``interval`` seconds, or, while it is stopped,
+    another periodic call that reports to ``observe`` (the media drains' timer, in the gateway)."""
 
     def __init__(self, reactor: Any, interval: float = 0.1) -> None:
         self._reactor = reactor
@@ -89,12 +90,17 @@ class ReactorLagMonitor:
         if self._loop.running:
             self._loop.stop()
 
+    def observe(self, lateness: float) -> None:
+        """One sample: a periodic call ran ``lateness`` seconds after it was due."""
+        self.last = lateness
+        if lateness > self.max:
+            self.max = lateness
+        self.histogram.observe(lateness)
+
     def _tick(self) -> None:
         now = self._reactor.seconds()
         if self._expected is not None:
-            self.last = max(0.0, now - self._expected)
-            self.max = max(self.max, self.last)
-            self.histogram.observe(self.last)
+            self.observe(max(0.0, now - self._expected))
         self._expected = now + self.interval
 
 

@@ -151,7 +151,7 @@ class GatewayService(service.MultiService):
         interval, light = settings.media_read_interval_ms, settings.media_read_interval_light_ms
         self.media_sockets = (MediaSockets(reactor, interval=interval / 1000.0,
                                            light_interval=light / 1000.0 if light > interval > 0 else 0.0,
-                                           on_light=self._reads_light,
+                                           on_light=self._reads_light, on_reading=self._reads_running,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
                                            kernel_timestamps=settings.media_kernel_timestamps == "true", gate=gate)
                               if media else None)
@@ -165,6 +165,8 @@ class GatewayService(service.MultiService):
         if settings.production:
             credentials = CredentialStore(state_dir / CREDENTIALS_FILE, reactor)
         self.lag = ReactorLagMonitor(reactor)
+        if self.media_sockets is not None:
+            self.media_sockets.after_drain.append(self._after_drain)
         self.gc = GcMonitor(freeze=settings.gc_freeze, threshold=settings.gc_threshold)
         self.rtmp_writes = write_batch(reactor)
         self.api = RestApi(self.manager, reactor, default_dtmf=settings.dtmf, metrics=lambda: render(self))
@@ -187,6 +189,27 @@ class GatewayService(service.MultiService):
         batches follow (``transcode_batch_light_ms``)."""
         batch, light_batch = self.settings.transcode_batch_ms, self.settings.transcode_batch_light_ms
         self.pool.batch_interval = (light_batch if light and light_batch and batch else batch) / 1000.0
+
+    def _reads_running(self, running: bool) -> None:
+        """The timed media drains started (the first call's sockets) or stopped: while they run, the reactor's
+        lag is how late their timer runs (``_after_drain``), and the lag monitor's own timer, which would wake the
+        reactor ten times a second for it, stops."""
+        if running:
+            self.lag.stop()
+        elif self.running:
+            self.lag.start()
+
+    def _after_drain(self) -> None:
+        """At the end of each timed media drain, in its reactor turn: what would otherwise wake the reactor for
+        a turn of its own right after it.  The lag sample; the RTMP writes the drain queued (``WriteBatch``'s
+        ``callLater(0)``); the transcoding pool's batch, when its timer would fire before the next drain (with
+        ``transcode_batch_ms`` up to the read interval, every batch is one drain's work anyway)."""
+        sockets = self.media_sockets
+        assert sockets is not None
+        self.lag.observe(sockets.lateness)
+        self.rtmp_writes.send_now()
+        if self.pool.batch_interval <= sockets.current_interval:
+            self.pool.hand_over_now()
 
     def _raise_transcoding_thread(self) -> None:
         """In each transcoding thread as it starts (with the first call): the reactor's priority, if the reactor

@@ -315,6 +315,16 @@ class WriteBatch:
         protocols, self._protocols = self._protocols, []
         self._send(protocols)
 
+    def send_now(self) -> None:
+        """Send what waits for this turn's send at once, in place of that ``callLater(0)``: called at the end of
+        a turn that queued writes (a media drain, ``MediaSockets.after_drain``), it spares the reactor a turn of
+        its own for the send.  Held writes keep waiting."""
+        if self._call is None:
+            return
+        if self._call.active():
+            self._call.cancel()
+        self.send()
+
     def _send(self, protocols: list[RtmpClientProtocol]) -> None:
         started = thread_time()
         self.batches += 1

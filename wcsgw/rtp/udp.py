@@ -42,6 +42,13 @@ delivery, like re-arming a timer, is done once per drain), else one by one to ``
 (``CannotListenError`` as ``listenUDP`` raises it) and its ``MediaSocket`` is the protocol's transport:
 ``write(datagram, addr)``, ``getHost()``, ``stopListening()``.
 
+What else runs once per drain can ride on its timer instead of waking the reactor on its own: ``after_drain``
+hooks run after each timed drain, in the same reactor turn (sending the turn's RTMP writes, handing the
+transcoding pool its batch), and ``lateness`` says how late the drain's timer ran (the reactor's lag, which
+``on_reading`` lets a monitor take from the drains while they run instead of from a timer of its own).  On this
+machine a reactor turn of its own cost about 77 us of CPU (one call: 57 turns a second became 28, and the
+reactor's CPU 18.8 ms/s became 16.5).
+
 The CPU time a drain takes on the reactor thread is counted in two parts, reading (``read_cpu``) and what the
 protocols do with the datagrams (``deliver_cpu``): two clock reads per drain.
 
@@ -188,7 +195,8 @@ class MediaSockets:
                  receive_buffer: int | None = None, kernel_timestamps: bool = False,
                  gate: threading.Lock | None = None, light_interval: float = 0.0,
                  cpu_clock: Callable[[], float] = thread_time,
-                 on_light: Callable[[bool], object] | None = None) -> None:
+                 on_light: Callable[[bool], object] | None = None,
+                 on_reading: Callable[[bool], object] | None = None) -> None:
         """``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``interval``: seconds between drains (0:
         drain whenever a socket is readable); ``receive_buffer`` sets each socket's SO_RCVBUF (the kernel caps it
         at net.core.rmem_max); ``kernel_timestamps``: with an interval, each datagram's arrival time is the
@@ -202,7 +210,10 @@ class MediaSockets:
         cost is the same whether it finds little or much, and the calls it delivers to are cold in the caches
         each time; with few calls that is much of the cost, and the latency a longer interval adds is cheaper
         there than with many calls, where a drain takes longer itself.  ``on_light`` is called with True when
-        the drains go ``light_interval`` apart, with False when they come back (what it raises is logged)."""
+        the drains go ``light_interval`` apart, with False when they come back (what it raises is logged).
+
+        ``on_reading`` (with an ``interval``) is called with True when the timed drains start (the first socket)
+        and with False when they stop (the last socket went, or ``close``); what it raises is logged."""
         if interval < 0:
             raise ValueError(f"interval must not be negative, not {interval}")
         if light_interval and (not interval or light_interval <= interval):
@@ -215,6 +226,10 @@ class MediaSockets:
         self.current_interval = interval  # the interval in force: interval, or light_interval while light
         self._cpu_clock = cpu_clock
         self._on_light = on_light
+        self._on_reading = on_reading
+        #: called after each timed drain, in order, in the drain's reactor turn (what one raises is logged)
+        self.after_drain: list[Callable[[], object]] = []
+        self.lateness = 0.0  # how late the last timed drain started, s (its timer's lag)
         self._load_since = 0.0  # start of the window the load is measured over (reactor time)
         self._load_cpu = 0.0  # read_cpu + deliver_cpu then
         self._max_batch = max_batch
@@ -290,6 +305,7 @@ class MediaSockets:
             self._load_since, self._load_cpu = now, self.read_cpu + self.deliver_cpu
             self._due = now + self.interval
             self._timer = self._reactor.callLater(self.interval, self._tick)
+            self._call_hook(self._on_reading, True)
         else:
             self._reactor.addReader(self)
 
@@ -297,10 +313,11 @@ class MediaSockets:
         if not self._reading:
             return
         self._reading = False
-        if self._timer is not None:
-            if self._timer.active():
+        if self.interval:
+            if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
+            self._call_hook(self._on_reading, False)
         else:
             self._reactor.removeReader(self)
 
@@ -324,8 +341,11 @@ class MediaSockets:
 
     def _tick(self) -> None:
         self._timer = None
+        self.lateness = max(0.0, self._reactor.seconds() - self._due)
         try:
             self.drain()
+            for hook in self.after_drain:
+                self._call_hook(hook)
             if self.light_interval:
                 self._check_load()
         finally:
@@ -359,11 +379,15 @@ class MediaSockets:
     def _set_light(self, light: bool) -> None:
         self.current_interval = self.light_interval if light else self.interval
         self.interval_changes += 1
-        if self._on_light is not None:
+        self._call_hook(self._on_light, light)
+
+    @staticmethod
+    def _call_hook(hook: Callable[..., object] | None, *args: object) -> None:
+        if hook is not None:
             try:
-                self._on_light(light)
+                hook(*args)
             except Exception:
-                log.failure("media sockets: on_light failed")
+                log.failure("media sockets: {hook!r} failed", hook=hook)
 
     def drain(self) -> None:
         """Read what the sockets hold (up to ``max_batch`` datagrams), then deliver it, socket by socket."""
