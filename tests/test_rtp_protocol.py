@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import socket
+import time
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -10,13 +12,15 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from wcsgw.rtp.packet import RtpPacket
 from wcsgw.rtp.ports import PortAllocator, PortsExhausted
 from wcsgw.rtp.protocol import MediaStreamProtocol
 from wcsgw.rtp.rtcp import RtcpBye, RtcpCompound
+from wcsgw.rtp import udp
 from wcsgw.rtp.session import AudioFrame, MediaParams, MediaStreamSession, SessionConfig
+from wcsgw.rtp.udp import DrainCall, MediaSockets
 
 REMOTE = ("203.0.113.5", 4000)
 
@@ -305,6 +309,72 @@ class LazyTimerTests(SynchronousTestCase):
             self.assertLessEqual(abs(reactor.seconds() - (silent_from + 2.0)), 0.11)
             events.clear()
 
+
+class DrainTimerTests(SynchronousTestCase):
+    def test_the_session_timer_rides_on_the_drains_unless_a_deadline_must_be_kept(self) -> None:
+        """Through ``MediaSockets`` the session's timer is one of the drains' (``call_later``: no reactor timer
+        of its own) while its deadlines may lag (keep-alive RTP, RTCP); DTMF, paced every 20 ms, gets a reactor
+        timer until the digit is out, then the timer rides on the drains again."""
+        if not udp.available():
+            raise SkipTest("no epoll here")
+        clock = Clock()
+        clock.advance(1000.0)
+        sockets = MediaSockets(clock, interval=0.04)
+        self.addCleanup(sockets.close)
+        far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the far end, on loopback: keep-alives land here
+        self.addCleanup(far.close)
+        far.bind(("127.0.0.1", 0))
+        far.setblocking(False)
+        config = SessionConfig(rtp_in_buffer=False, keepalive=True, keepalive_interval=1.0, rtcp_min_interval=60.0)
+        session = MediaStreamSession(params(remote_rtp_addr="127.0.0.1", remote_rtp_port=far.getsockname()[1],
+                                            telephone_event_pt=101), config, clock.seconds(), rng=random.Random(3))
+        media = MediaStreamProtocol(clock, session, lambda event: None, sockets=sockets)
+        media.listen(0, 0, interface="127.0.0.1")
+
+        def run(seconds: float) -> None:  # from one delayed call to the next
+            end = clock.seconds() + seconds
+            while clock.seconds() < end:
+                due = min(call.getTime() for call in clock.getDelayedCalls())
+                clock.advance(max(0.0, min(due, end) - clock.seconds()))
+
+        def received() -> int:
+            count = 0
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                try:
+                    far.recv(2048)
+                    count += 1
+                except BlockingIOError:
+                    if count >= wanted:
+                        break
+                    time.sleep(0.01)
+            return count
+
+        self.assertIsInstance(media._timer, DrainCall)
+        self.assertEqual(clock.getDelayedCalls(), [sockets._timer])  # the drains' timer, nothing else
+        run(2.2)  # keep-alives at the first drain (1000.04), then at the drains a second after the one before
+        self.assertEqual(session.counters.keepalive_sent, 3)
+        wanted = 3
+        self.assertEqual(received(), 3)
+        self.assertEqual(clock.getDelayedCalls(), [sockets._timer])
+        media.send_dtmf("5")
+        self.assertNotIsInstance(media._timer, DrainCall)
+        self.assertEqual(len(clock.getDelayedCalls()), 2)
+        sent_at: list[float] = []
+        transport = media.rtp_protocol.transport
+        write = transport.write
+
+        def timed_write(datagram: bytes, addr: Any) -> None:
+            sent_at.append(round(clock.seconds(), 3))
+            write(datagram, addr)
+
+        transport.write = timed_write
+        run(0.5)
+        self.assertGreaterEqual(len(sent_at), 8)  # 160 ms of digit every 20 ms, and its end packets
+        self.assertEqual(sorted({round(b - a, 3) for a, b in zip(sent_at, sent_at[1:9])}), [0.02])
+        self.assertIsInstance(media._timer, DrainCall)
+        self.assertEqual(clock.getDelayedCalls(), [sockets._timer])
+        self.successResultOf(media.stop())
 
 class ConnectingPort(FakePort):
     """A FakePort with MediaSocket's connect_peer/disconnect_peer, recorded."""

@@ -210,6 +210,24 @@ class AudioTests(SynchronousTestCase):
         session.receive_rtp(rtp(1, ts=160), PUBLIC, 0.07)
         self.assertEqual(session.counters.dropped_duplicate, 1)
 
+    def test_the_timer_may_lag_unless_the_buffer_waits_or_dtmf_is_paced(self) -> None:
+        """``timer_may_lag``: not while the jitter buffer holds packets for a missing one, nor while DTMF is
+        queued or paced out; otherwise (RTCP, keep-alive, inactivity) it may."""
+        session = make(audio_params(telephone_event_pt=101), rtp_in_buffer=True, jitter_buffer_ms=60)
+        self.assertTrue(session.timer_may_lag())
+        session.receive_rtp(rtp(2, ts=320), PUBLIC, 0.0)
+        session.receive_rtp(rtp(1, ts=160), PUBLIC, 0.01)
+        self.assertFalse(session.timer_may_lag())  # held until 60 ms
+        session.handle_timer(0.06)
+        self.assertTrue(session.timer_may_lag())
+        session.send_dtmf("1", 0.07)
+        self.assertFalse(session.timer_may_lag())
+        now = 0.07
+        while session._dtmf_digits or session._dtmf_due:
+            now = session.get_timer() or now
+            session.handle_timer(now)
+        self.assertTrue(session.timer_may_lag())
+
     def test_late_counted(self) -> None:
         """A packet arriving after the buffer moved past it is dropped as late, also in the statistics."""
         session = make(audio_params())

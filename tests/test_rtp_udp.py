@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled, CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
@@ -299,6 +299,53 @@ class IntervalTests(TestCase):
         second.stopListening()
         self.assertEqual(reading, [True, False])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_call_later_rides_on_the_drains(self) -> None:
+        """``call_later`` makes no reactor timer of its own while the drains run on one: its call runs at the
+        first drain at or after its time, after the deliveries and before the ``after_drain`` hooks; ``reset``
+        moves it, ``cancel`` ends it, one that raises is logged and the others run.  Calls still pending when the
+        drains stop run on a reactor timer at their time; without an interval it is the reactor's ``callLater``."""
+        clock = Clock()
+        sockets = MediaSockets(clock, interval=0.04)
+        self.addCleanup(sockets.close)
+        order: list[str] = []
+        sockets.after_drain.append(lambda: order.append("hooks"))
+        media = sockets.bind(0, Stamped(), LOCAL)
+        call = sockets.call_later(0.05, order.append, "call")
+        self.assertEqual(clock.getDelayedCalls(), [sockets._timer])
+        self.assertEqual((call.getTime(), call.active()), (0.05, True))
+        clock.advance(0.04)
+        self.assertEqual(order, ["hooks"])
+        clock.advance(0.04)  # 80 ms: the first drain after 50
+        self.assertEqual((order, call.active()), (["hooks", "call", "hooks"], False))
+        self.assertRaises(AlreadyCalled, call.cancel)
+        moved = sockets.call_later(0.01, order.append, "moved")
+        moved.reset(0.1)  # from 80 ms to 180
+        cancelled = sockets.call_later(0.01, order.append, "cancelled")
+        cancelled.cancel()
+        self.assertRaises(AlreadyCancelled, cancelled.reset, 1.0)
+
+        def failing() -> None:
+            raise RuntimeError("a call failed on purpose")
+
+        sockets.call_later(0.0, failing)
+        sockets.call_later(0.0, order.append, "after the failing one")
+        del order[:]
+        for _ in range(3):  # 120, 160, 200 ms
+            clock.advance(0.04)
+        self.assertEqual(order, ["after the failing one", "hooks", "hooks", "moved", "hooks"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        late = sockets.call_later(0.5, order.append, "late")  # due at 700 ms
+        late.reset(0.3)  # 500 ms
+        media.stopListening()  # no drains now: a reactor timer runs it
+        (timer,) = clock.getDelayedCalls()
+        self.assertAlmostEqual(timer.getTime(), 0.5)
+        clock.advance(0.3)
+        self.assertEqual((order[-1], clock.getDelayedCalls()), ("late", []))
+        untimed = MediaSockets(clock)
+        self.addCleanup(untimed.close)
+        plain = untimed.call_later(1.0, order.append, "plain")
+        self.assertIn(plain, clock.getDelayedCalls())
 
     @inlineCallbacks
     def test_a_drain_holds_the_gate_when_it_is_free(self) -> Any:

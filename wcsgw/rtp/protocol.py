@@ -80,6 +80,7 @@ class MediaStreamProtocol:
         self._ports: dict[str, Any] = {}
         self._timer: Any = None
         self._timer_at = 0.0  # when the armed timer fires
+        self._timer_lags = False  # the timer is the media drains' (MediaSockets.call_later), not the reactor's
         self._stopped = False
         self._connect_failed: Any = None  # the latched address the RTP socket could not be connected to
         # the address the far end sends to (our SDP's): a socket bound to the wildcard address may connect to
@@ -297,18 +298,33 @@ class MediaStreamProtocol:
     def _arm_timer(self, now: float) -> None:
         """Have the timer fire by the session's next deadline.  A timer already due sooner is kept: it fires
         early, the session finds nothing due, and the timer is armed again for the real deadline.  Most
-        datagrams move no deadline earlier, so most leave the reactor's timer heap alone."""
-        assert self.session is not None
-        when = self.session.get_timer()
+        datagrams move no deadline earlier, so most leave the reactor's timer heap alone.
+
+        Through ``MediaSockets`` the timer rides on the media drains (``MediaSockets.call_later``: no reactor
+        turn of its own, up to a read interval late) while the session's deadlines can wait that long
+        (``MediaStreamSession.timer_may_lag``: RTCP reports, keep-alive RTP, inactivity); a reactor timer
+        otherwise (DTMF packets, the jitter buffer's waits)."""
+        session = self.session
+        assert session is not None
+        when = session.get_timer()
         if when is None:
             self._cancel_timer()
             return
+        lagging = self._sockets is not None and session.timer_may_lag()
         if self._timer is not None:
-            if self._timer_at <= when:
+            if self._timer_at <= when and (lagging or not self._timer_lags):
                 return
-            self._timer.reset(max(0.0, when - now))
+            if lagging == self._timer_lags:
+                self._timer.reset(max(0.0, when - now))
+                self._timer_at = when
+                return
+            self._cancel_timer()  # a timer that may lag cannot serve a deadline that may not
+        if lagging:
+            assert self._sockets is not None
+            self._timer = self._sockets.call_later(max(0.0, when - now), self._on_timer)
         else:
             self._timer = self.reactor.callLater(max(0.0, when - now), self._on_timer)
+        self._timer_lags = lagging
         self._timer_at = when
 
     def _cancel_timer(self) -> None:

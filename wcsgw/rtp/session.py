@@ -284,6 +284,12 @@ class MediaStreamSession:
             when = self._last_rtp + timeout
         return when
 
+    def timer_may_lag(self) -> bool:
+        """Whether ``get_timer``'s deadlines may be met up to a few tens of ms late: not while DTMF packets are
+        paced out nor while the jitter buffer waits for a missing packet (RTCP reports, keep-alive RTP, keyframe
+        requests and inactivity may)."""
+        return not self._dtmf_due and not self._dtmf_digits and self._buffer.next_deadline() is None
+
     def handle_timer(self, now: float) -> None:
         if self.closed:
             return

@@ -47,7 +47,9 @@ hooks run after each timed drain, in the same reactor turn (sending the turn's R
 transcoding pool its batch), and ``lateness`` says how late the drain's timer ran (the reactor's lag, which
 ``on_reading`` lets a monitor take from the drains while they run instead of from a timer of its own).  On this
 machine a reactor turn of its own cost about 77 us of CPU (one call: 57 turns a second became 28, and the
-reactor's CPU 18.8 ms/s became 16.5).
+reactor's CPU 18.8 ms/s became 16.5).  Timers that may run up to an interval late (RTCP reports, keep-alive
+RTP) can ride on the drains too: ``call_later`` is ``reactor.callLater`` run by the first drain at or after
+the time it was asked for (while the drains run on a timer).
 
 The CPU time a drain takes on the reactor thread is counted in two parts, reading (``read_cpu``) and what the
 protocols do with the datagrams (``deliver_cpu``): two clock reads per drain.
@@ -60,6 +62,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import heapq
+import itertools
 import os
 import select
 import socket
@@ -71,7 +75,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled, CannotListenError
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -188,6 +192,43 @@ class MediaSocket:
 
 
 @implementer(IReadDescriptor)
+class DrainCall:
+    """A call run by ``MediaSockets``' drains (``MediaSockets.call_later``), with the methods of Twisted's
+    ``IDelayedCall`` the gateway uses: ``getTime``, ``active``, ``cancel``, ``reset``."""
+
+    __slots__ = ("time", "func", "args", "_owner", "_state")
+
+    PENDING, CALLED, CANCELLED = 0, 1, 2
+
+    def __init__(self, owner: MediaSockets, time: float, func: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.time = time
+        self.func = func
+        self.args = args
+        self._owner = owner
+        self._state = self.PENDING
+
+    def getTime(self) -> float:  # noqa: N802 -- IDelayedCall's name
+        return self.time
+
+    def active(self) -> bool:
+        return self._state == self.PENDING
+
+    def _check(self) -> None:
+        if self._state == self.CALLED:
+            raise AlreadyCalled()
+        if self._state == self.CANCELLED:
+            raise AlreadyCancelled()
+
+    def cancel(self) -> None:
+        self._check()
+        self._state = self.CANCELLED
+
+    def reset(self, seconds_from_now: float) -> None:
+        self._check()
+        self.time = self._owner._reactor.seconds() + seconds_from_now
+        self._owner._push(self)
+
+
 class MediaSockets:
     """UDP sockets read through one inner epoll set, in batches (see the module docstring)."""
 
@@ -230,6 +271,10 @@ class MediaSockets:
         #: called after each timed drain, in order, in the drain's reactor turn (what one raises is logged)
         self.after_drain: list[Callable[[], object]] = []
         self.lateness = 0.0  # how late the last timed drain started, s (its timer's lag)
+        # call_later's calls: (time, order, call), a heap; an entry whose call moved (reset) or ended is skipped
+        self._calls: list[tuple[float, int, DrainCall]] = []
+        self._call_order = itertools.count()
+        self._calls_timer: Any = None  # runs the calls while no timed drain does (the drains stopped)
         self._load_since = 0.0  # start of the window the load is measured over (reactor time)
         self._load_cpu = 0.0  # read_cpu + deliver_cpu then
         self._max_batch = max_batch
@@ -294,10 +339,61 @@ class MediaSockets:
         self._start()
         return media
 
+    def call_later(self, delay: float, func: Callable[..., object], *args: object) -> Any:
+        """``reactor.callLater``, for calls that may run up to an interval late: while the drains run on a timer
+        the call is run by the first drain at or after its time (after the drain's deliveries, before its
+        ``after_drain`` hooks), which spares the reactor a turn of its own; without an ``interval`` it is the
+        reactor's.  What it raises is logged.  If the drains stop (the last socket went) calls still pending run on
+        a reactor timer at their time."""
+        if not self.interval:
+            return self._reactor.callLater(delay, func, *args)
+        call = DrainCall(self, self._reactor.seconds() + delay, func, args)
+        self._push(call)
+        return call
+
+    def _push(self, call: DrainCall) -> None:
+        heapq.heappush(self._calls, (call.time, next(self._call_order), call))
+        if not self._reading:
+            self._arm_calls_timer()
+
+    def _run_calls(self, now: float) -> None:
+        calls = self._calls
+        while calls and calls[0][0] <= now:
+            time, _, call = heapq.heappop(calls)
+            if call._state != DrainCall.PENDING or call.time != time:  # ended, or moved (its new entry is on)
+                continue
+            call._state = DrainCall.CALLED
+            try:
+                call.func(*call.args)
+            except Exception:
+                log.failure("media sockets: a call of the drains failed")
+
+    def _arm_calls_timer(self) -> None:
+        """While no timed drain runs: a reactor timer for the earliest pending call."""
+        calls = self._calls
+        while calls and (calls[0][2]._state != DrainCall.PENDING or calls[0][2].time != calls[0][0]):
+            heapq.heappop(calls)
+        if self._calls_timer is not None and self._calls_timer.active():
+            self._calls_timer.cancel()
+        self._calls_timer = None
+        if calls:
+            self._calls_timer = self._reactor.callLater(max(0.0, calls[0][0] - self._reactor.seconds()),
+                                                        self._calls_timer_fired)
+
+    def _calls_timer_fired(self) -> None:
+        self._calls_timer = None
+        self._run_calls(self._reactor.seconds())
+        if not self._reading:
+            self._arm_calls_timer()
+
     def _start(self) -> None:
         if self._reading:
             return
         self._reading = True
+        if self._calls_timer is not None:  # the drains run the calls again
+            if self._calls_timer.active():
+                self._calls_timer.cancel()
+            self._calls_timer = None
         if self.interval:
             if self.current_interval != self.interval:  # light when the last socket went: start short again
                 self._set_light(False)
@@ -318,6 +414,7 @@ class MediaSockets:
                 self._timer.cancel()
             self._timer = None
             self._call_hook(self._on_reading, False)
+            self._arm_calls_timer()
         else:
             self._reactor.removeReader(self)
 
@@ -338,12 +435,18 @@ class MediaSockets:
             media.stopListening()
         self._stop()
         self._epoll.close()
+        if self._calls_timer is not None and self._calls_timer.active():
+            self._calls_timer.cancel()
+        self._calls_timer = None
+        self._calls = []
 
     def _tick(self) -> None:
         self._timer = None
         self.lateness = max(0.0, self._reactor.seconds() - self._due)
         try:
             self.drain()
+            if self._calls:
+                self._run_calls(self._reactor.seconds())
             for hook in self.after_drain:
                 self._call_hook(hook)
             if self.light_interval:
