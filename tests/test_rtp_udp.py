@@ -347,6 +347,28 @@ class IntervalTests(TestCase):
         plain = untimed.call_later(1.0, order.append, "plain")
         self.assertIn(plain, clock.getDelayedCalls())
 
+    def test_a_call_that_asks_to_run_again_at_once_waits_for_the_next_drain(self) -> None:
+        """A drain runs the calls due when it starts: one that asks to run again at once runs at the next drain
+        (not again and again in this one), and one cancelled by a call before it in the same drain does not run."""
+        clock = Clock()
+        sockets = MediaSockets(clock, interval=0.04)
+        self.addCleanup(sockets.close)
+        sockets.bind(0, Stamped(), LOCAL)
+        runs: list[object] = []
+
+        def again() -> None:
+            runs.append(round(clock.seconds(), 2))
+            if len(runs) < 5:  # (bounded, so that a drain that looped would fail here, not hang)
+                sockets.call_later(0.0, again)
+
+        sockets.call_later(0.0, again)
+        sockets.call_later(0.0, lambda: victim.cancel())
+        victim = sockets.call_later(0.0, runs.append, "victim")
+        clock.advance(0.04)
+        self.assertEqual(runs, [0.04])
+        clock.advance(0.04)
+        self.assertEqual(runs, [0.04, 0.08])
+
     @inlineCallbacks
     def test_a_drain_holds_the_gate_when_it_is_free(self) -> Any:
         """With a gate (the lock the transcoding threads wait at) a drain holds it while it delivers, and lets it

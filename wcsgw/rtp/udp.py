@@ -357,11 +357,18 @@ class MediaSockets:
             self._arm_calls_timer()
 
     def _run_calls(self, now: float) -> None:
+        """Run the calls due by ``now``: those due when it starts (one that a call makes due again waits for the
+        next drain, as a ``callLater(0)`` waits for the next reactor turn: a call that keeps asking to run now
+        cannot hold the reactor)."""
         calls = self._calls
+        due = []
         while calls and calls[0][0] <= now:
-            time, _, call = heapq.heappop(calls)
+            entry = heapq.heappop(calls)
+            if entry[2]._state == DrainCall.PENDING and entry[2].time == entry[0]:
+                due.append(entry)
+        for time, _, call in due:
             if call._state != DrainCall.PENDING or call.time != time:  # ended, or moved (its new entry is on)
-                continue
+                continue  # (by a call run before it here)
             call._state = DrainCall.CALLED
             try:
                 call.func(*call.args)
