@@ -274,7 +274,8 @@ SETTINGS: tuple[Setting, ...] = (
             "reactor's), at least one; many VP8 calls may want one per core"),
     Setting("transcode_batch_ms", _parse_int(0, 200), 20,
             "transcoding work waits up to this many ms and goes to the threads in batches, whose results come back "
-            "together (0: each item at once); a thread's wake-up can cost as much CPU as encoding an AAC frame",
+            "together (0: each item at once); a thread's wake-up can cost as much CPU as encoding an AAC frame; "
+            "work queued by a media read goes at the end of the read when this is not longer than the read interval",
             "transcode-batch-ms"),
     Setting("transcode_batch_light_ms", _parse_int(0, 200), 40,
             "while the media reads are light (media_read_interval_light_ms in force), transcoding work waits this "

@@ -364,7 +364,9 @@ def render(gateway: Any) -> str:
                   backend.latency, label="media")
     out.histogram("wcsgw_call_setup_seconds", "from call/startup to the first keyframe written to RTMP",
                   backend.setup_time)
-    out.histogram("wcsgw_reactor_lag_seconds", "how late the reactor ran a call scheduled every 100 ms",
+    out.histogram("wcsgw_reactor_lag_seconds",
+                  "how late the reactor ran a periodic call (the media reads' timer while they run, else one "
+                  "every 100 ms)",
                   gateway.lag.histogram)
     out.metric("wcsgw_reactor_lag_max_seconds", "gauge", "largest reactor lag seen", [("", gateway.lag.max)])
     priority = getattr(gateway, "priority", None)
