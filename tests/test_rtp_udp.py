@@ -11,9 +11,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled, CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface.verify import verifyObject
 
 from tests.e2e.gateway import wait_for
 from wcsgw.rtp import udp
@@ -52,6 +54,10 @@ class MediaSocketsTests(TestCase):
 
     def bind(self, protocol: DatagramProtocol) -> Any:
         return self.sockets.bind(0, protocol, LOCAL)
+
+    def test_the_set_is_a_read_descriptor(self) -> None:
+        """Without an interval the epoll set is one reader of the reactor: it provides IReadDescriptor."""
+        self.assertTrue(verifyObject(IReadDescriptor, self.sockets))
 
     @inlineCallbacks
     def test_datagrams_reach_their_own_protocol(self) -> Any:

@@ -191,7 +191,6 @@ class MediaSocket:
         return succeed(None)
 
 
-@implementer(IReadDescriptor)
 class DrainCall:
     """A call run by ``MediaSockets``' drains (``MediaSockets.call_later``), with the methods of Twisted's
     ``IDelayedCall`` the gateway uses: ``getTime``, ``active``, ``cancel``, ``reset``."""
@@ -229,6 +228,7 @@ class DrainCall:
         self._owner._push(self)
 
 
+@implementer(IReadDescriptor)
 class MediaSockets:
     """UDP sockets read through one inner epoll set, in batches (see the module docstring)."""
 
