@@ -299,6 +299,17 @@ class IntervalTests(TestCase):
         clock.advance(0.03)  # due at 80 ms, on time: the hooks run with nothing delivered
         self.assertEqual(events[4:], [("first", None), ("failing", None), ("last", 0.0)])
         self.flushLoggedErrors(RuntimeError)
+        lateness: list[float] = []
+
+        def slow_once() -> None:  # the drain at 120 ms takes 50 ms
+            sockets.after_drain.remove(slow_once)
+            sockets.after_drain.append(lambda: lateness.append(round(sockets.lateness, 6)))
+            clock.rightNow += 0.05
+
+        sockets.after_drain.insert(0, slow_once)
+        clock.advance(0.04)  # 120 ms, till 170: the next drain follows at once, 10 ms after 160, its time
+        self.assertEqual(lateness, [0.01])
+        self.flushLoggedErrors(RuntimeError)
         second = sockets.bind(0, Stamped(), LOCAL)
         media.stopListening()
         self.assertEqual(reading, [True])

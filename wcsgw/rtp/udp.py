@@ -270,7 +270,7 @@ class MediaSockets:
         self._on_reading = on_reading
         #: called after each timed drain, in order, in the drain's reactor turn (what one raises is logged)
         self.after_drain: list[Callable[[], object]] = []
-        self.lateness = 0.0  # how late the last timed drain started, s (its timer's lag)
+        self.lateness = 0.0  # how late the last timed drain started, s, against the schedule (the reactor's lag)
         # call_later's calls: (time, order, call), a heap; an entry whose call moved (reset) or ended is skipped
         self._calls: list[tuple[float, int, DrainCall]] = []
         self._call_order = itertools.count()
@@ -283,6 +283,7 @@ class MediaSockets:
         self._reading = False
         self._timer: Any = None
         self._due = 0.0  # when the drain timer was due (drains start interval apart, however long each took)
+        self._wanted = 0.0  # when the drain was due on the schedule (earlier than _due after one that ran over)
         self._verifying: set[MediaSocket] = set()  # connected, not drained empty since (their peer is None)
         # what sockets with a hold read and have not delivered yet, in the order their first datagram came, with
         # the time of the drain that read that one (not its arrival: with kernel timestamps that may be earlier)
@@ -406,7 +407,7 @@ class MediaSockets:
                 self._set_light(False)
             now = self._reactor.seconds()
             self._load_since, self._load_cpu = now, self.read_cpu + self.deliver_cpu
-            self._due = now + self.interval
+            self._due = self._wanted = now + self.interval
             self._timer = self._reactor.callLater(self.interval, self._tick)
             self._call_hook(self._on_reading, True)
         else:
@@ -449,19 +450,20 @@ class MediaSockets:
 
     def _tick(self) -> None:
         self._timer = None
-        self.lateness = max(0.0, self._reactor.seconds() - self._due)
+        self.lateness = max(0.0, self._reactor.seconds() - self._wanted)
         try:
             self.drain()
             if self._calls:
                 self._run_calls(self._reactor.seconds())
-            for hook in self.after_drain:
+            for hook in tuple(self.after_drain):  # (a hook may add or remove hooks)
                 self._call_hook(hook)
             if self.light_interval:
                 self._check_load()
         finally:
             if self._reading:
                 now = self._reactor.seconds()
-                due = max(self._due + self.current_interval, now)
+                self._wanted = self._due + self.current_interval
+                due = max(self._wanted, now)
                 self._due = due
                 self._timer = self._reactor.callLater(due - now, self._tick)
 
