@@ -364,12 +364,10 @@ class MediaSockets:
         calls = self._calls
         due = []
         while calls and calls[0][0] <= now:
-            entry = heapq.heappop(calls)
-            if entry[2]._state == DrainCall.PENDING and entry[2].time == entry[0]:
-                due.append(entry)
+            due.append(heapq.heappop(calls))
         for time, _, call in due:
-            if call._state != DrainCall.PENDING or call.time != time:  # ended, or moved (its new entry is on)
-                continue  # (by a call run before it here)
+            if call._state != DrainCall.PENDING or call.time != time:  # ended, or moved (its new entry is on),
+                continue  # maybe by a call run before it here
             call._state = DrainCall.CALLED
             try:
                 call.func(*call.args)
