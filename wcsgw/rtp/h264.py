@@ -161,12 +161,15 @@ class H264Depacketizer:
         self._gap = False
         self._timestamp: int | None = None
         self._nals: list[bytes] = []
-        # The NAL unit being put together from FU-A fragments.  A caller that knows a packet is the next one in
-        # sequence, with no loss since the last push, the same timestamp as the packet before it and no marker,
-        # and that it is an FU-A fragment of this NAL unit that neither starts nor ends it, may append its
-        # fragment (the payload after the two FU bytes) here instead of calling ``push_payload``: that is all
-        # ``push_payload`` would do with it (the session's in-order fast path does, for most video packets).
-        self.fragment: bytearray | None = None
+        # The NAL unit being put together from FU-A fragments: its header byte (a bytes of one), then each
+        # fragment's payload after the two FU bytes, joined once its end fragment came (growing a bytearray
+        # instead reallocated and copied it at most fragments: at 100 calls of the bench 0.75 % of the process
+        # in malloc alone).  A caller that knows a packet is the next one in sequence, with no loss since the
+        # last push, the same timestamp as the packet before it and no marker, and that it is an FU-A fragment
+        # of this NAL unit that neither starts nor ends it, may append its fragment here instead of calling
+        # ``push_payload``: that is all ``push_payload`` would do with it (the session's in-order fast path
+        # does, for most video packets).
+        self.fragment: list[bytes] | None = None
         self._broken = False
 
     @property
@@ -212,8 +215,8 @@ class H264Depacketizer:
         self._gap = False
         fu = self.fragment
         if fu is not None and len(payload) > 2 and payload[0] & 0x1F == NAL_TYPE_FU_A and not payload[1] & 0xC0 \
-                and fu[0] & 0x1F == payload[1] & 0x1F:
-            fu += payload[2:]  # the usual packet: the middle of a fragmented NAL unit
+                and fu[0][0] & 0x1F == payload[1] & 0x1F:
+            fu.append(payload[2:])  # the usual packet: the middle of a fragmented NAL unit
         else:
             try:
                 self._depacketize(payload)
@@ -264,16 +267,18 @@ class H264Depacketizer:
             if self.fragment is not None:
                 self.fragment = None
                 raise ValueError("FU-A start fragment arrived before the previous NAL unit ended")
-            self.fragment = bytearray([(indicator & 0xE0) | (header & 0x1F)])
-        elif self.fragment is None:
-            raise ValueError("FU-A fragment without its start fragment")
-        elif self.fragment[0] & 0x1F != header & 0x1F:
-            self.fragment = None
-            raise ValueError("FU-A fragment NAL type differs from its start fragment")
-        self.fragment += payload[2:]
+            fragment = self.fragment = [bytes(((indicator & 0xE0) | (header & 0x1F),))]
+        else:
+            fragment = self.fragment
+            if fragment is None:
+                raise ValueError("FU-A fragment without its start fragment")
+            if fragment[0][0] & 0x1F != header & 0x1F:
+                self.fragment = None
+                raise ValueError("FU-A fragment NAL type differs from its start fragment")
+        fragment.append(payload[2:])
         # RFC 6184 forbids start and end in one FU-A; we accept it as a whole NAL unit (lenient receiver)
         if end:
-            self._nals.append(bytes(self.fragment))
+            self._nals.append(b"".join(fragment))
             self.fragment = None
 
     def _learn(self, nal: bytes) -> None:

@@ -421,7 +421,7 @@ class MediaStreamSession:
                 push = depacketizer.push_payload
                 h264 = type(depacketizer) is H264Depacketizer
                 unit_timestamp = -1  # the first packet of the batch is looked after too
-                middle_of: bytearray | None = None  # the fragment whose FU bytes ``middle`` are
+                middle_of: list[bytes] | None = None  # the fragment whose FU bytes ``middle`` are
                 middle = b""
                 while position < end:
                     data, addr, arrival = datagrams[position]
@@ -444,10 +444,11 @@ class MediaStreamSession:
                         if fragment is not None:
                             if fragment is not middle_of:
                                 middle_of = fragment
-                                middle = bytes(((fragment[0] & 0xE0) | 28, fragment[0] & 0x1F))
+                                nal_header = fragment[0][0]
+                                middle = bytes(((nal_header & 0xE0) | 28, nal_header & 0x1F))
                             if data[12:14] == middle and len(data) > 14:
                                 octets += len(data) - 12
-                                fragment += memoryview(data)[14:]
+                                fragment.append(data[14:])
                                 continue
                     marker = flags >= 0x8080
                     payload = data[12:]
