@@ -144,7 +144,9 @@ class Call:
         self.protocols = {
             kind: MediaStreamProtocol(reactor, MediaStreamSession(params, config, now),
                                       lambda event, kind=kind: self.stream.media_event(kind, event,
-                                                                                       reactor.seconds()))
+                                                                                       reactor.seconds()),
+                                      on_events=lambda events, kind=kind: self.stream.media_events(
+                                          kind, events, reactor.seconds()))
             for kind, params in (("audio", audio), ("video", video))
         }
         self.publisher = self.stream.add_destination("bench", "rtmp://127.0.0.1/live", "bench", lambda *a: None)

@@ -1,13 +1,19 @@
 """
 The pure helpers of ``wcsgw.backend``: which codecs a call offers, how a negotiated m-line becomes the RTP
-session's ``MediaParams``, and which local address a call announces.
+session's ``MediaParams``, and which local address a call announces; and how a call hands its sessions' events
+to its stream.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from wcsgw.backend import media_params, offered_codecs, route_address
+from wcsgw.backend import CallMedia, media_params, offered_codecs, route_address
+from wcsgw.rtp.params import AudioFrame, RtpInactivity
 from wcsgw.config import KNOWN_CODECS
 from wcsgw.rtp.params import MediaParams
 from wcsgw.sip.sdp import DEFAULT_AUDIO_CODECS, DEFAULT_VIDEO_CODECS, NegotiatedMedia, negotiate
@@ -224,3 +230,55 @@ class CryptoChoiceTests(SynchronousTestCase):
         self.assertEqual((sip_callee("sips:bob"), sip_callee("bob")), ("bob", "bob"))
         self.assertEqual((wants_srtp(build_settings(), "sips:bob"), wants_srtp(build_settings(), "bob"),
                           wants_srtp(build_settings({"srtp": True}), "bob")), (True, False, True))
+
+
+class RecordingStream:
+    """What ``CallMedia`` hands a stream: each ``media_events`` delivery and each ``media_event``."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, list[Any], float]] = []
+        self.single: list[tuple[str, Any]] = []
+
+    def media_events(self, kind: str, events: list[Any], now: float) -> None:
+        self.deliveries.append((kind, list(events), now))
+
+    def media_event(self, kind: str, event: Any, now: float) -> None:
+        self.single.append((kind, event))
+
+
+class CallMediaEventsTests(SynchronousTestCase):
+    def make(self) -> tuple[CallMedia, RecordingStream]:
+        clock = Clock()
+        clock.advance(12.5)
+        media = CallMedia(SimpleNamespace(reactor=clock), SimpleNamespace(call_id="c1"))  # type: ignore[arg-type]
+        stream = media.stream = RecordingStream()  # type: ignore[assignment]
+        return media, stream
+
+    def test_a_delivery_of_frames_goes_to_the_stream_in_one_call(self) -> None:
+        """The frames of one delivery reach the stream together, with the reactor's time, and mark the kind
+        active again."""
+        media, stream = self.make()
+        media._inactive.add("audio")
+        frames = [AudioFrame(160 * n, b"\x7f" * 160, 0, 12.0) for n in range(3)]
+        media._events("audio", frames)
+        self.assertEqual(stream.deliveries, [("audio", frames, 12.5)])
+        self.assertEqual(stream.single, [])
+        self.assertEqual(media._inactive, set())
+
+    def test_a_delivery_with_other_events_goes_one_by_one(self) -> None:
+        """A delivery that holds anything but frames is handled event by event, in order, as ``_event`` does:
+        the inactivity in the middle marks the kind inactive, the frame after it active again."""
+        media, stream = self.make()
+        first, last = AudioFrame(0, b"\x7f" * 160, 0, 12.0), AudioFrame(160, b"\x7f" * 160, 0, 12.0)
+        media._events("audio", [first, RtpInactivity(idle=5.0), last])
+        self.assertEqual(stream.deliveries, [])
+        self.assertEqual(stream.single, [("audio", first), ("audio", last)])
+        self.assertEqual(media._inactive, set())
+        media._events("audio", [last, RtpInactivity(idle=5.0)])
+        self.assertEqual(media._inactive, {"audio"})
+
+    def test_an_ended_call_takes_no_events(self) -> None:
+        media, stream = self.make()
+        media._ended = True
+        media._events("audio", [AudioFrame(0, b"\x7f" * 160, 0, 12.0)])
+        self.assertEqual((stream.deliveries, stream.single), ([], []))

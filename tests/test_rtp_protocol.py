@@ -163,6 +163,25 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(self.media.errors, 1)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
+    def test_on_events_takes_a_deliverys_events_together(self) -> None:
+        """With ``on_events`` the frames of one delivery come in one call, in order, and ``on_event`` gets none;
+        what ``on_events`` raises is counted and logged, and the next delivery still comes."""
+        deliveries: list[list[object]] = []
+
+        def flaky(events: list[object]) -> None:
+            deliveries.append(list(events))
+            if len(deliveries) == 1:
+                raise ValueError("the first delivery fails")
+
+        self.media.on_events = flaky
+        self.media.rtp_protocol.datagrams_arrived([(rtp(1), REMOTE, 999.5), (rtp(2), REMOTE, 999.52)])
+        self.media.rtp_protocol.datagrams_arrived([(rtp(3), REMOTE, 999.54)])
+        self.assertEqual(deliveries, [[AudioFrame(160, b"\xff" * 160, 0), AudioFrame(320, b"\xff" * 160, 0)],
+                                      [AudioFrame(480, b"\xff" * 160, 0)]])
+        self.assertEqual(self.events, [])
+        self.assertEqual(self.media.errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_send_errors(self) -> None:
         """A failing sendto is counted, not raised."""
         self.rtp_port.fail_writes = True

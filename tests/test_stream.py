@@ -240,6 +240,48 @@ class AacTranscodeTests(TestCase):
         yield stream.stop()
 
     @inlineCallbacks
+    def test_media_events_gathers_audio_as_media_event_does(self) -> Any:
+        """``media_events`` (a delivery's events at once) makes the same jobs, with the same FLV times, as
+        ``media_event`` one by one, across loss, another payload type and deliveries of any size; a payload that
+        continues the batch takes no ``media_event`` call."""
+        now = reactor.seconds()
+        numbers = [*range(6), *range(8, 40), *range(60, 70)]  # two gaps
+        events = [AudioFrame(n * 160, bytes([0x20 + n % 60]) * 160, 0, now + n * 0.02) for n in numbers]
+        events.insert(7, AudioFrame(7 * 160, b"\x11" * 160, 8, now))  # another payload type: not ours
+        jobs: dict[str, list[tuple[bytes, float]]] = {}
+        streams = []
+        for name in ("one-by-one", "together"):
+            stream = CallStream(reactor, name, StreamOptions(aac_sample_rate=0), audio=AUDIO_PCMU, video=None,
+                                request_keyframe=lambda: None, publisher_factory=FakePublisher)
+            worker = stream._audio_worker
+            submitted = jobs[name] = []
+            submit = worker.submit  # type: ignore[union-attr]
+            worker.submit = (lambda item, submit=submit, submitted=submitted:  # type: ignore[union-attr]
+                             submitted.append((bytes(item.data), item.timestamp_ms)) or submit(item))
+            streams.append(stream)
+        one, together = streams
+        for event in events:
+            one.media_event("audio", event, event.arrival)
+        single = together.media_event
+        single_calls: list[object] = []
+        together.media_event = lambda kind, event, now: single_calls.append(event) or single(kind, event, now)
+        position = 0
+        for size in (1, 3, 2, 5, 4, 7, 1, 2, 9, 3, 30):  # deliveries of one payload and of several
+            delivery = events[position:position + size]
+            if delivery:
+                together.media_events("audio", delivery, delivery[-1].arrival)
+            position += size
+        self.assertGreater(len(jobs["one-by-one"]), 3)
+        self.assertEqual(jobs["together"], jobs["one-by-one"])
+        self.assertEqual(together.stats.audio_frames_in, one.stats.audio_frames_in)
+        self.assertEqual(together._audio_batch_samples, one._audio_batch_samples)
+        self.assertEqual(together._audio_batch, one._audio_batch)
+        # a media_event call for each payload that starts a batch (and the other payload type), not for each
+        self.assertLess(len(single_calls), len(events) / 2)
+        for stream in streams:
+            yield stream.stop()
+
+    @inlineCallbacks
     def test_at_44100_hz_a_job_carries_at_least_60_ms(self) -> Any:
         """At 44.1 kHz an AAC frame needs about one packet of PCMU; payloads still go to the worker 60 ms (480
         samples) at a time: a third of the jobs."""

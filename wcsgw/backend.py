@@ -317,7 +317,8 @@ class CallMedia:
                 stamped = stamps == "true" or (stamps == "audio" and kind == "audio")
                 protocol = MediaStreamProtocol(backend.reactor, None, functools.partial(self._event, kind),
                                                sockets=backend.media_sockets, rtp_hold=hold,
-                                               kernel_timestamps=stamped)
+                                               kernel_timestamps=stamped,
+                                               on_events=functools.partial(self._events, kind))
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
         except PortsExhausted:
@@ -430,6 +431,27 @@ class CallMedia:
                 request_keyframe=self._request_keyframe, latency=self.backend.latency, pool=self.backend.pool,
                 on_first_keyframe=lambda now: self.backend.setup_time.observe(now - self.call.created_at),
                 **({"publisher_factory": self.backend.publisher_factory} if self.backend.publisher_factory else {}))
+
+    def _events(self, kind: str, events: list[Any]) -> None:
+        """The events of one delivery of the ``kind`` session, in order: when all are media frames (nearly
+        always) they go to the stream in one call, else one by one through ``_event``."""
+        if self._ended:
+            return
+        frames = _FRAMES
+        for event in events:
+            if type(event) not in frames:
+                break
+        else:
+            if self._inactive:
+                self._inactive.discard(kind)
+            if self.stream is not None:
+                self.stream.media_events(kind, events, self.backend.reactor.seconds())
+            return
+        for event in events:
+            try:
+                self._event(kind, event)
+            except Exception:
+                log.failure("call {call_id}: a {kind} media event failed", call_id=self.call_id, kind=kind)
 
     def _event(self, kind: str, event: Any) -> None:
         if self._ended:

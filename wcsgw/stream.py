@@ -293,6 +293,37 @@ class CallStream:
         except Exception:
             log.failure("stream {name}: dropped a {kind} event", name=self.name, kind=kind)
 
+    def media_events(self, kind: str, events: list[Any], now: float) -> None:
+        """``media_event`` for each of ``events`` in turn (a delivery's: every audio packet is one); never raises.
+
+        An audio payload that continues the batch being gathered for the AAC worker (most of them) is added to it
+        here, without the calls ``media_event`` makes for it: what ``_audio_in`` and ``_batch_audio`` do with it,
+        written out."""
+        if self._stopped:
+            return
+        params = self._audio
+        batch = self._audio_batch
+        stats = self.stats
+        for event in events:
+            if (type(event) is AudioFrame and batch and event.timestamp == self._audio_batch_end
+                    and self._audio_frame_in and params is not None and event.payload_type == params.payload_type):
+                payload = event.payload
+                stats.audio_frames_in += 1
+                batch.append(payload)
+                self._audio_batch_end = event.timestamp + len(payload)
+                self._audio_batch_arrival = event.arrival
+                self._audio_batch_samples += len(payload)
+                if self._audio_batch_samples >= self._audio_frame_in:
+                    try:
+                        self._flush_audio_batch()
+                    except Exception:
+                        log.failure("stream {name}: dropped an audio batch", name=self.name)
+                    self._audio_batch_samples %= self._audio_frame_in
+                continue
+            self.media_event(kind, event, now)
+            if self._stopped:
+                return
+
     def _audio_in(self, frame: AudioFrame, now: float) -> None:
         params = self._audio
         if params is None or frame.payload_type != params.payload_type:

@@ -1,9 +1,9 @@
 """The Twisted adapter of a ``MediaStreamSession``: UDP sockets in and out, one timer, events to a callback.
 
 It only moves datagrams: each socket's ``datagramReceived`` feeds the session with ``reactor.seconds()``, then the
-adapter sends what the session wants sent, hands its events to ``on_event`` and re-arms its single
-``DelayedCall`` from ``session.get_timer()``. Nothing raised by the session or the callback escapes into the
-reactor: it is logged and counted.
+adapter sends what the session wants sent, hands its events to ``on_event`` (or all of them at once to
+``on_events``) and re-arms its single ``DelayedCall`` from ``session.get_timer()``. Nothing raised by the session
+or the callback escapes into the reactor: it is logged and counted.
 """
 
 from __future__ import annotations
@@ -60,17 +60,24 @@ class MediaStreamProtocol:
         sockets: MediaSockets | None = None,
         rtp_hold: float = 0.0,
         kernel_timestamps: bool | None = None,
+        on_events: Callable[[list[MediaEvent]], None] | None = None,
     ) -> None:
         """``sockets``: bind through this ``MediaSockets`` (one reactor reader for all media sockets) instead of
         ``reactor.listenUDP``; ``rtp_hold``: the RTP socket's ``hold`` there (seconds RTP may wait to be
         delivered in larger batches, see ``MediaSockets.bind``); ``kernel_timestamps``: both sockets' there
-        (None: the ``MediaSockets``' own)."""
+        (None: the ``MediaSockets``' own).
+
+        ``on_events``, when given, takes the events of each delivery (or timer) together, in order, in place of
+        ``on_event`` one by one: a frame per audio packet, and each call on its way costs (the gateway's calls hand
+        a delivery's frames to their stream in one call).  What it raises is logged and counted in ``errors``; it
+        should keep one event's failure from the others itself."""
         self.reactor = reactor
         self._sockets = sockets
         self._rtp_hold = rtp_hold
         self._kernel_timestamps = kernel_timestamps
         self.session = session
         self.on_event = on_event
+        self.on_events = on_events
         self.errors = 0
         self.send_errors = 0
         self.early_datagrams = 0
@@ -276,6 +283,15 @@ class MediaStreamProtocol:
         if session._outgoing:
             self._send_datagrams(session.datagrams_to_send())
         if session._events:
+            on_events = self.on_events
+            if on_events is not None:
+                events = session.events()
+                try:
+                    on_events(events)
+                except Exception:
+                    self.errors += 1
+                    log.failure("media events handler failed for {count} events", count=len(events))
+                return
             for event in session.events():
                 try:
                     self.on_event(event)
