@@ -139,3 +139,27 @@ class ReportBlockTests(SynchronousTestCase):
         """A non-positive clock rate is refused."""
         error = self.assertRaises(ValueError, ReceiverStats, 1, 0)
         self.assertEqual(str(error), "clock rate 0 must be positive")
+
+
+class InOrderRunTests(SynchronousTestCase):
+    def test_a_run_counts_as_its_packets_one_by_one(self) -> None:
+        """``on_packets_in_order`` leaves the statistics exactly as ``on_packet`` for each packet would, jitter
+        to the last bit; an entry given again (the same object) is a packet with the arrival and timestamp of the
+        one before it."""
+        one, run = ReceiverStats(42, 90000), ReceiverStats(42, 90000)
+        for stats in (one, run):
+            stats.on_packet(pkt(10, 1000), 5.0)
+        frames = [(5.031, 3700, 4), (5.062, 6400, 1), (5.11, 9100, 6), (5.11, 11800, 3)]
+        entries = []
+        seq = 11
+        for arrival, timestamp, packets in frames:
+            entry = (arrival, timestamp)
+            for _ in range(packets):
+                one.on_packet(pkt(seq, timestamp), arrival)
+                entries.append(entry)
+                seq += 1
+        run.on_packets_in_order(entries, 160 * len(entries))
+        self.assertGreater(one.jitter, 0)
+        for name in ("jitter", "received", "expected", "lost", "octets", "extended_highest_sequence",
+                     "last_arrival", "received_since_report"):
+            self.assertEqual(getattr(run, name), getattr(one, name), name)

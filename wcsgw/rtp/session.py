@@ -423,6 +423,7 @@ class MediaStreamSession:
                 unit_timestamp = -1  # the first packet of the batch is looked after too
                 middle_of: list[bytes] | None = None  # the fragment whose FU bytes ``middle`` are
                 middle = b""
+                entry = (now, -1)  # the packet before's (arrival, timestamp) in the run, in this loop
                 while position < end:
                     data, addr, arrival = datagrams[position]
                     if addr != latched or len(data) <= 12:
@@ -434,7 +435,6 @@ class MediaStreamSession:
                     expected = (sequence + 1) & 0xFFFF
                     if arrival is None:
                         arrival = now
-                    append((arrival, timestamp))
                     if timestamp == unit_timestamp and flags < 0x8080 and h264:  # no marker
                         # The middle of an H.264 NAL unit fragmented with FU-A (most video packets): the packet
                         # before it, in this loop, was of the same unit, so appending the fragment is all that
@@ -447,9 +447,17 @@ class MediaStreamSession:
                                 nal_header = fragment[0][0]
                                 middle = bytes(((nal_header & 0xE0) | 28, nal_header & 0x1F))
                             if data[12:14] == middle and len(data) > 14:
+                                # With the arrival of the packet before (a drain's packets share its time) the
+                                # run gets that packet's entry again, not a new one: the statistics take an
+                                # entry repeated for a packet whose transit time is the one before's (D = 0).
+                                if arrival != entry[0]:
+                                    entry = (arrival, timestamp)
+                                append(entry)
                                 octets += len(data) - 12
                                 fragment.append(data[14:])
                                 continue
+                    entry = (arrival, timestamp)
+                    append(entry)
                     marker = flags >= 0x8080
                     payload = data[12:]
                     octets += len(payload)

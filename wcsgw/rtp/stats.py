@@ -148,7 +148,9 @@ class ReceiverStats:
     def on_packets_in_order(self, packets: list[tuple[float, int]], octets: int) -> None:
         """Account packets each of which followed the one before in sequence, the first one ``next_in_order()``,
         given as ``(arrival, timestamp)`` with ``octets`` of payload in all: what ``on_packet`` does for each of
-        them, in one call (the session's fast path for runs of in-order packets)."""
+        them, in one call (the session's fast path for runs of in-order packets).  An entry that is the entry
+        before it again (the same object) is a packet with the arrival and timestamp of the one before: its
+        transit time is that one's (D = 0), which takes no arithmetic but the jitter's decay."""
         count = len(packets)
         if not count:
             return
@@ -156,7 +158,13 @@ class ReceiverStats:
         jitter = self._jitter
         previous = self._transit
         assert previous is not None
-        for arrival, timestamp in packets:  # A.8, as in on_packet
+        entry_before = None
+        for entry in packets:  # A.8, as in on_packet
+            if entry is entry_before:
+                jitter += -jitter / 16.0  # (D - jitter) / 16 with D = 0
+                continue
+            entry_before = entry
+            arrival, timestamp = entry
             transit = int(arrival * rate) - timestamp
             d = transit - previous
             if d < 0:
