@@ -213,13 +213,16 @@ class H264Depacketizer:
         elif self._gap:
             self._broken = True
         self._gap = False
+        fu_a = len(payload) > 2 and payload[0] & 0x1F == NAL_TYPE_FU_A
         fu = self.fragment
-        if fu is not None and len(payload) > 2 and payload[0] & 0x1F == NAL_TYPE_FU_A and not payload[1] & 0xC0 \
-                and fu[0][0] & 0x1F == payload[1] & 0x1F:
+        if fu_a and fu is not None and not payload[1] & 0xC0 and fu[0][0] & 0x1F == payload[1] & 0x1F:
             fu.append(payload[2:])  # the usual packet: the middle of a fragmented NAL unit
         else:
             try:
-                self._depacketize(payload)
+                if fu_a:  # what _depacketize would do with it
+                    self._fragment(payload)
+                else:
+                    self._depacketize(payload)
             except ValueError as exc:
                 self._broken = True
                 self.errors += 1
@@ -300,10 +303,18 @@ class H264Depacketizer:
             if self.drop_until_keyframe:
                 self._need_keyframe = True
             return
-        types = {nal_type(n) for n in nals}
+        # one pass over the units (this runs for every frame): the parameter sets are learnt, IDR looked for
+        keyframe = has_sps = has_pps = False
         for nal in nals:
-            self._learn(nal)
-        keyframe = NAL_TYPE_IDR in types
+            kind = nal[0] & 0x1F  # (no unit is empty: _depacketize makes none)
+            if kind == NAL_TYPE_IDR:
+                keyframe = True
+            elif kind == NAL_TYPE_SPS:
+                self.sps = nal
+                has_sps = True
+            elif kind == NAL_TYPE_PPS:
+                self.pps = nal
+                has_pps = True
         if keyframe:
             if self.sps is None or self.pps is None:
                 self.dropped_no_parameter_sets += 1
@@ -311,9 +322,9 @@ class H264Depacketizer:
                     self._need_keyframe = True
                 return
             prefix = []
-            if NAL_TYPE_SPS not in types:
+            if not has_sps:
                 prefix.append(self.sps)
-            if NAL_TYPE_PPS not in types:
+            if not has_pps:
                 prefix.append(self.pps)
             nals = prefix + nals
             self._need_keyframe = False
