@@ -66,6 +66,7 @@ from wcsgw.rtmp.url import RtmpUrl, check_stream_name, parse
 
 _log = Logger()
 
+_VIDEO, _SCRIPT = TagType.VIDEO, TagType.SCRIPT
 DEFAULT_RECONNECT_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
 DEFAULT_MAX_BUFFERED_BYTES = 2 * 1024 * 1024
 
@@ -199,6 +200,26 @@ class RtmpPublisher:
 
     def write(self, tag: FlvTag) -> None:
         """Forward a tag, or drop it (counted) when it cannot or should not be sent now."""
+        attempt = self._attempt
+        if self._phase is _Phase.ACTIVE and attempt is not None and not tag.is_sequence_header:
+            # A frame while publishing (nearly every tag) takes the shortest way when it is sent at once: what
+            # _write_video or _write_audio, _buffered and _send do with it, written out.
+            protocol = attempt.protocol
+            tag_type = tag.tag_type
+            if protocol is not None and tag_type != _SCRIPT:
+                buffered = protocol.buffered_bytes
+                if tag_type == _VIDEO:
+                    if not self._waiting_keyframe and buffered <= self._max_buffered:
+                        self._has_video = True
+                        self._keyframe_requested = False
+                        self._keyframe_sent = True
+                        self._send_now(protocol, tag, tag_type)
+                        return
+                elif (self._keyframe_sent or self._audio_started or not self._has_video) \
+                        and buffered <= 2 * self._max_buffered:
+                    self._audio_started = True
+                    self._send_now(protocol, tag, tag_type)
+                    return
         if self._phase in (_Phase.STOPPING, _Phase.STOPPED, _Phase.FAILED):
             return
         if tag.tag_type == TagType.SCRIPT:
@@ -440,6 +461,20 @@ class RtmpPublisher:
                 self._on_keyframe_needed()
             except Exception:
                 _log.failure("on_keyframe_needed raised")
+
+    def _send_now(self, protocol: RtmpClientProtocol, tag: FlvTag, track: TagType) -> None:
+        """``_send`` of a frame (not a header) on ``protocol``, the current attempt's."""
+        last_ts = self._last_ts
+        base = self._base_ts
+        if base is None:
+            base = self._base_ts = tag.timestamp_ms
+        timestamp = tag.timestamp_ms - base
+        last = last_ts.get(track, 0)
+        if timestamp < last:
+            timestamp = last
+        last_ts[track] = timestamp
+        protocol.send_tag(tag, timestamp)
+        self.stats.tags_sent += 1
 
     def _send(self, tag: FlvTag, header: bool = False) -> None:
         attempt = self._attempt
