@@ -46,6 +46,7 @@ _UNSUPPORTED_TYPES = {
 }
 _VCL_TYPES = frozenset({NAL_TYPE_SLICE, NAL_TYPE_DPA, NAL_TYPE_IDR})
 START_CODE = b"\x00\x00\x00\x01"
+_BYTES = [bytes((value,)) for value in range(256)]  # each byte value as a bytes of one (a NAL unit's header)
 
 
 def nal_type(nal: bytes) -> int:
@@ -264,13 +265,12 @@ class H264Depacketizer:
     def _fragment(self, payload: bytes) -> None:
         if len(payload) < 3:
             raise ValueError(f"FU-A payload of {len(payload)} bytes is shorter than 3")
-        indicator, header = payload[0], payload[1]
-        start, end = bool(header & 0x80), bool(header & 0x40)
-        if start:
+        header = payload[1]
+        if header & 0x80:  # start
             if self.fragment is not None:
                 self.fragment = None
                 raise ValueError("FU-A start fragment arrived before the previous NAL unit ended")
-            fragment = self.fragment = [bytes(((indicator & 0xE0) | (header & 0x1F),))]
+            fragment = self.fragment = [_BYTES[(payload[0] & 0xE0) | (header & 0x1F)]]
         else:
             fragment = self.fragment
             if fragment is None:
@@ -280,7 +280,7 @@ class H264Depacketizer:
                 raise ValueError("FU-A fragment NAL type differs from its start fragment")
         fragment.append(payload[2:])
         # RFC 6184 forbids start and end in one FU-A; we accept it as a whole NAL unit (lenient receiver)
-        if end:
+        if header & 0x40:  # end
             self._nals.append(b"".join(fragment))
             self.fragment = None
 
