@@ -254,6 +254,26 @@ class PipelineTests(SynchronousTestCase):
             pipeline.main(["--kinds", "data"])
 
 
+class InstructionsTests(SynchronousTestCase):
+    """``bench/pipeline.py --instructions``: what it reads from valgrind and what it makes of the four runs."""
+
+    def test_the_count_is_read_from_the_report(self) -> None:
+        from bench import pipeline
+
+        report = ("==123== Cachegrind, a high-precision tracing profiler\n==123== \n"
+                  "==123== I   refs:      1,234,567,890\n")
+        self.assertEqual(pipeline.instructions_of(report), 1234567890)
+        with self.assertRaises(ValueError):
+            pipeline.instructions_of("==123== nothing counted\n")
+
+    def test_the_harness_and_start_up_are_taken_off(self) -> None:
+        """The gateway's share is the longer run less the shorter, less the harness's same difference."""
+        from bench import pipeline
+
+        counts = {(False, 10.0): 900_000, (False, 20.0): 1_500_000, (True, 10.0): 400_000, (True, 20.0): 500_000}
+        self.assertEqual(pipeline.instructions_per_packet(counts, 250), (600_000 - 100_000) / 250)
+
+
 class DrainsTests(SynchronousTestCase):
     def test_arrivals_and_held_audio(self) -> None:
         """``_drains`` hands the packets over as MediaSockets does: each drain's with the drain's time (its own
