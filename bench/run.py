@@ -364,6 +364,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def trial_order(systems: list[str], counts: list[int], repeat: int) -> list[tuple[str, int, int]]:
+    """``(system, N, repeat)`` in the order the trials run: for each N and each repeat, every system one after the
+    other, so that the trials a ratio compares run a minute apart, not the length of a whole system's series (this
+    machine's speed drifts: ffmpeg's CPU per call-minute at 10 calls was 0.87 in one run and 0.93 in another 15
+    minutes later)."""
+    return [(system, n, index) for n in counts for index in range(repeat) for system in systems]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
@@ -392,19 +400,17 @@ def main(argv: list[str] | None = None) -> int:
             procs.add_cleanup(callapp.stop)
         nginx = Nginx(procs, run_dir)
         try:
-            for system in args.system_list:
-                collapsed: str | None = None
-                for n in args.call_counts:
-                    for repeat in range(args.repeat):
-                        if collapsed is not None:
-                            results.append({"system": system, "calls": n, "skipped": collapsed})
-                            log(f"{system} N={n}: not run ({collapsed})")
-                            continue
-                        trial = Trial(args, procs, nginx, media, callapp, system, n, run_dir, repeat)
-                        result = trial.run()
-                        results.append(result)
-                        if "error" in result or (result.get("streams_ok") or 0) < n / 2:
-                            collapsed = f"N={n} already failed"
+            collapsed: dict[str, str] = {}  # system -> why its larger N are not run
+            for system, n, repeat in trial_order(args.system_list, args.call_counts, args.repeat):
+                if system in collapsed:
+                    results.append({"system": system, "calls": n, "skipped": collapsed[system]})
+                    log(f"{system} N={n}: not run ({collapsed[system]})")
+                    continue
+                trial = Trial(args, procs, nginx, media, callapp, system, n, run_dir, repeat)
+                result = trial.run()
+                results.append(result)
+                if "error" in result or (result.get("streams_ok") or 0) < n / 2:
+                    collapsed[system] = f"N={n} already failed"
         except KeyboardInterrupt:
             interrupted = True
             log("interrupted: stopping every process of the run")

@@ -254,6 +254,18 @@ class PipelineTests(SynchronousTestCase):
             pipeline.main(["--kinds", "data"])
 
 
+class TrialOrderTests(SynchronousTestCase):
+    def test_the_systems_take_turns_at_each_n(self) -> None:
+        """For each N and each repeat every system runs once before the next: the trials a ratio compares run
+        next to each other."""
+        from bench.run import trial_order
+
+        self.assertEqual(trial_order(["gateway", "baseline"], [10, 50], 2), [
+            ("gateway", 10, 0), ("baseline", 10, 0), ("gateway", 10, 1), ("baseline", 10, 1),
+            ("gateway", 50, 0), ("baseline", 50, 0), ("gateway", 50, 1), ("baseline", 50, 1)])
+        self.assertEqual(trial_order(["gateway"], [1, 5], 1), [("gateway", 1, 0), ("gateway", 5, 0)])
+
+
 class InstructionsTests(SynchronousTestCase):
     """``bench/pipeline.py --instructions``: what it reads from valgrind and what it makes of the four runs."""
 
