@@ -480,15 +480,11 @@ class RtmpPublisher:
         attempt = self._attempt
         if attempt is None or attempt.protocol is None:  # pragma: no cover - active implies connected
             return
+        if not header:
+            self._send_now(attempt.protocol, tag, tag.tag_type)
+            return
         track = tag.tag_type
-        last = self._last_ts.get(track, 0)
-        if header:
-            timestamp = last
-        else:
-            if self._base_ts is None:
-                self._base_ts = tag.timestamp_ms
-            timestamp = max(tag.timestamp_ms - self._base_ts, last)
-        self._last_ts[track] = timestamp
+        timestamp = self._last_ts.setdefault(track, 0)  # a header goes at the track's last time
         attempt.protocol.send_tag(tag, timestamp)
         self.stats.tags_sent += 1
 
