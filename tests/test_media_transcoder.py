@@ -177,6 +177,13 @@ def transcode_audio(transcoder: AudioTranscoder, payloads: list[bytes], start_ms
 
 
 class AudioToAacTests(SynchronousTestCase):
+    def test_every_attribute_is_a_slot(self) -> None:
+        """The transcoder keeps its attributes in ``__slots__`` (more than 30, see MediaStreamSession's): after
+        G.711 in and AAC out, its ``__dict__`` is still empty."""
+        transcoder = AudioTranscoder("PCMU", 8000, 1, sample_rate=8000)
+        self.assertTrue(transcode_audio(transcoder, g711_payloads("pcm_mulaw", 0.5)))
+        self.assertEqual(vars(transcoder), {})
+
     def assert_tone(self, transcoder: AudioTranscoder, outputs: list[EncodedAudio], seconds: float) -> None:
         self.assertEqual(transcoder.counters.decode_errors, 0)
         self.assertEqual({output.codec for output in outputs}, {"aac"})

@@ -115,6 +115,18 @@ class Harness:
 
 
 class StatusTests(SynchronousTestCase):
+    def test_every_attribute_is_a_slot(self) -> None:
+        """The publisher keeps its attributes in ``__slots__`` (more than 30, see MediaStreamSession's): after
+        publishing media its ``__dict__`` is still empty."""
+        harness = Harness()
+        harness.publisher.start()
+        harness.connect()
+        harness.publisher.write(key(0))
+        harness.publisher.write(audio(10))
+        harness.publisher.write(inter(40))
+        self.assertTrue(harness.media())
+        self.assertEqual(vars(harness.publisher), {})
+
     def test_wait_then_active(self) -> None:
         """start() reports WAIT and connects; NetStream.Publish.Start reports ACTIVE."""
         harness = Harness()

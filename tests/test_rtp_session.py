@@ -184,6 +184,19 @@ class LatchingTests(SynchronousTestCase):
 
 
 class AudioTests(SynchronousTestCase):
+    def test_every_attribute_is_a_slot(self) -> None:
+        """The session keeps its attributes in ``__slots__`` (it has more than the 30 that CPython 3.11 keeps
+        beside an instance without a dict of its own): after packets in and out of order, the timer, a report
+        and keep-alive, its ``__dict__`` is still empty."""
+        session = make(audio_params(), rtp_in_buffer=True, keepalive=True)
+        session.receive_rtp_many([(rtp(i, ts=160 * i), PUBLIC, None) for i in range(1, 4)], 0.06)
+        session.receive_rtp(rtp(5, ts=800), PUBLIC, 0.1)
+        session.receive_rtp(rtp(4, ts=640), PUBLIC, 0.1)
+        session.handle_timer(10.0)
+        session.events()
+        session.datagrams_to_send()
+        self.assertEqual(vars(session), {})
+
     def test_frames_with_extended_timestamps(self) -> None:
         """Audio payloads come out as AudioFrame; timestamps keep growing across the 32-bit wrap."""
         session = make(audio_params())

@@ -179,6 +179,16 @@ class IntervalTests(TestCase):
         self.assertGreater(self.sockets.deliver_cpu, 0.0)
 
     @inlineCallbacks
+    def test_every_attribute_is_a_slot(self) -> Any:
+        """The set keeps its attributes in ``__slots__`` (more than 30, see MediaStreamSession's): after drains
+        that delivered datagrams, its ``__dict__`` is still empty."""
+        recorder = Stamped()
+        media = self.sockets.bind(0, recorder, LOCAL)
+        self.peer.sendto(b"one", (LOCAL, media.getHost().port))
+        yield wait_for(lambda: len(recorder.datagrams) == 1, what="the datagram")
+        self.assertEqual(vars(self.sockets), {})
+
+    @inlineCallbacks
     def test_without_kernel_timestamps_a_datagram_arrives_when_its_drain_reads_it(self) -> Any:
         """Without ``kernel_timestamps`` no socket asks for SO_TIMESTAMP, and the datagrams a drain reads all
         arrive at the drain's time: after they were sent, before they are delivered, at most an interval late."""

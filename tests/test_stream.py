@@ -88,6 +88,15 @@ class PassthroughTests(SynchronousTestCase):
         _, metadata = flv.parse_metadata(tags[0].body)
         self.assertEqual((metadata["videocodecid"], metadata["audiocodecid"]), (7, 8))
 
+    def test_every_attribute_is_a_slot(self) -> None:
+        """The stream keeps its attributes in ``__slots__`` (more than 30, see MediaStreamSession's): after media
+        to a destination, its ``__dict__`` is still empty."""
+        self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)
+        self.stream.media_events("video", [AccessUnit(90000, [SPS, PPS, IDR], True, SPS, PPS)], 10.0)
+        self.stream.media_events("audio", [AudioFrame(8000, b"\xff" * 160, 0)], 10.0)
+        self.assertEqual(len(self.publishers[0].tags), 4)
+        self.assertEqual(vars(self.stream), {})
+
     def test_late_joiner_gets_headers(self) -> None:
         """A destination added later gets metadata and the current sequence header before any media."""
         self.stream.add_destination("d1", "rtmp://127.0.0.1/live", "x", self.statuses)

@@ -96,6 +96,15 @@ PublisherFactory = Callable[..., Any]
 class CallStream:
     """One call's stream: media in, FLV tags out to its destinations."""
 
+    # Slots: more than 30 attributes (see MediaStreamSession.__slots__).  '__dict__': tests' stand-ins.
+    __slots__ = (
+        '_reactor', 'name', '_options', '_audio', '_video', '_request_far_keyframe', '_publisher_factory', 'stats',
+        'clock', '_destinations', '_publishers', '_metadata', '_video_header', '_audio_header', '_parameter_sets',
+        '_video_encoder', '_audio_worker', '_video_worker', '_audio_passthrough', '_aac_sample_rate', '_audio_batch',
+        '_audio_batch_ms', '_audio_batch_end', '_audio_batch_arrival', '_audio_batch_samples', '_audio_frame_in',
+        '_stopped', '_pool', '_latency', '_on_first_keyframe', '_arrivals', '__dict__',
+    )
+
     def __init__(
         self,
         reactor: Any,

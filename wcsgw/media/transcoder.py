@@ -245,6 +245,15 @@ class AudioTranscoder:
     encoder's priming frame (pts 1024 samples before the first input) is clamped to the first timestamp.
     """
 
+    # Slots: more than 30 attributes (see MediaStreamSession.__slots__).  '__dict__': tests' stand-ins.
+    __slots__ = (
+        'codec', 'clock_rate', 'channels', 'output', 'counters', '_last_out_ms', 'sample_rate', 'output_channels',
+        'audio_specific_config', '_coder', 'cutoff', '_out_layout', '_bitrate', '_thread_count', '_max_fill_ms',
+        '_resync_ms', '_in_rate', '_decoder', '_encoder', '_resampler', '_g711_table', '_pcm', '_pcm_frame', '_fifo',
+        '_segment_start_ms', '_segment_in_samples', '_segment_pts', '_segment_consumed', '_next_pts', '_rebase_ms',
+        '_send', '__dict__',
+    )
+
     def __init__(
         self,
         codec: str,

@@ -130,6 +130,15 @@ class _Attempt:
 class RtmpPublisher:
     """Publishes FLV tags to ``url`` + ``stream_name``, reconnecting after losses."""
 
+    # Slots: more than 30 attributes (see MediaStreamSession.__slots__).  '__dict__': tests' stand-ins.
+    __slots__ = (
+        '_reactor', 'url', 'stream_name', '_on_status', '_on_keyframe_needed', '_delays', '_connect_timeout',
+        '_max_buffered', '_stop_timeout', '_chunk_size', '_tls_options', '_random_bytes', 'stats', 'status',
+        '_phase', '_attempt', '_failures', '_ever_active', '_attempt_timer', '_retry_timer', '_stop_timer',
+        '_stop_waiters', '_metadata', '_video_header', '_audio_header', '_has_video', '_base_ts', '_last_ts',
+        '_waiting_keyframe', '_keyframe_requested', '_keyframe_sent', '_audio_started', '__dict__',
+    )
+
     def __init__(
         self,
         reactor: Any,

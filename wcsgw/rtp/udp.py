@@ -232,6 +232,15 @@ class DrainCall:
 class MediaSockets:
     """UDP sockets read through one inner epoll set, in batches (see the module docstring)."""
 
+    # Slots: more than 30 attributes (see MediaStreamSession.__slots__).  '__dict__': tests' stand-ins.
+    __slots__ = (
+        '_reactor', '_epoll', '_sockets', 'interval', 'light_interval', 'current_interval', '_cpu_clock',
+        '_on_light', '_on_reading', 'after_drain', 'lateness', '_calls', '_call_order', '_calls_timer',
+        '_load_since', '_load_cpu', '_max_batch', '_receive_buffer', 'kernel_timestamps', '_reading', '_timer',
+        '_due', '_wanted', '_verifying', '_holding', '_gate', 'datagrams', 'drains', 'interval_changes',
+        'receive_errors', 'protocol_errors', 'send_drops', 'read_cpu', 'deliver_cpu', '__dict__',
+    )
+
     def __init__(self, reactor: Any, *, interval: float = 0.0, max_batch: int = 4096,
                  receive_buffer: int | None = None, kernel_timestamps: bool = False,
                  gate: threading.Lock | None = None, light_interval: float = 0.0,
