@@ -413,7 +413,8 @@ def render(gateway: Any) -> str:
             phases.append(('{phase="send"}', writes.cpu))
         out.metric("wcsgw_media_cpu_seconds_total", "counter",
                    "CPU time of the reactor thread reading the media sockets, handling what was read (RTP to RTMP), "
-                   "and sending the RTMP writes of each reactor turn", phases)
+                   "and sending the RTMP writes of each reactor turn (read and deliver: the media drains' CPU split "
+                   "by the share of time reading took in every eighth drain)", phases)
         if writes is not None:
             out.metric("wcsgw_rtmp_sends_total", "counter",
                        "RTMP connections written to at the end of a reactor turn (one send each)",
