@@ -254,10 +254,10 @@ class MediaSockets:
                  on_reading: Callable[[bool], object] | None = None) -> None:
         """``reactor`` provides ``IReactorFDSet`` and ``IReactorTime``; ``interval``: seconds between drains (0:
         drain whenever a socket is readable); ``max_batch``: the most datagrams a drain reads, ``max_per_socket``
-        the most it reads from one socket (what is left waits for the next drain); ``receive_buffer`` sets each socket's SO_RCVBUF (the kernel caps it
-        at net.core.rmem_max); ``kernel_timestamps``: with an interval, each datagram's arrival time is the
-        kernel's, not the drain's; ``gate``: a lock held during each drain, when it is free (never waited for:
-        see `wcsgw.media.worker.WorkerPool`).
+        the most it reads from one socket (what is left waits for the next drain); ``receive_buffer`` sets each
+        socket's SO_RCVBUF (the kernel caps it at net.core.rmem_max); ``kernel_timestamps``: with an interval,
+        each datagram's arrival time is the kernel's, not the drain's; ``gate``: a lock held during each drain,
+        when it is free (never waited for: see `wcsgw.media.worker.WorkerPool`).
 
         ``light_interval`` (seconds, longer than ``interval``; 0: none): the interval while the drains are light.
         Every ``LOAD_WINDOW`` seconds the share of the time the drains took (their CPU, ``cpu_clock``) is
@@ -564,10 +564,8 @@ class MediaSockets:
 
     def _read_and_deliver(self, now: float, timed: bool) -> float:
         """Read each socket the set reports ready and deliver what it held (or add it to what it holds back)
-        before reading the next: a call's datagrams are handled while they, and the memory they came in, are
-        still in the caches.  (Reading every socket first, and delivering after, left about 1 MB of datagrams
-        between a read and its delivery at 100 calls of the bench; this takes about 2 % less CPU in all there,
-        for an ``EAGAIN`` per socket.)  Return the wall time spent reading when ``timed``, else 0.0."""
+        before reading the next (why: the module docstring).  Return the wall time spent reading when ``timed``,
+        else 0.0."""
         sockets = self._sockets
         holding = self._holding
         per_socket = self._max_per_socket
