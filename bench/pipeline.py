@@ -89,25 +89,25 @@ def _drains(packets: list[tuple[float, str, bytes]], interval: float, kernel_tim
             ) -> list[tuple[float, dict[str, list[tuple[float, bytes]]]]]:
     """The packets as MediaSockets delivers them: every ``interval`` seconds (0: one by one), per socket, each
     with its arrival time: the drain's (as MediaSockets without ``kernel_timestamps``), or its own.  Audio is
-    held as ``MediaSockets.bind``'s ``hold`` does (media_audio_batch_ms), with an interval."""
+    held as ``MediaSockets.bind``'s ``hold`` does (media_audio_batch_ms), with an interval: read only by a drain
+    ``hold`` and half an interval after the one that last read it."""
     out: list[tuple[float, dict[str, list[tuple[float, bytes]]]]] = []
-    held: list[tuple[float, bytes]] = []
-    held_read = 0.0  # the drain that read the first held packet: the hold counts from there
+    waiting: list[tuple[float, bytes]] = []  # held audio not read yet: (its own time, the datagram)
+    read_at = -math.inf  # the drain that last read the held audio
     for when, kind, data in packets:
         # The drains run DRAIN_PHASE after the far end's clock: drains at whole multiples of the interval from the
         # first packet split a frame whose first packet is sent at such a multiple (every 40 ms frame of the
         # capture) from the rest of it; in the gateway the two clocks have no such relation.
         due = when if not interval else (math.floor((when - phase) / interval) + 1) * interval + phase
         if not out or out[-1][0] != due:
-            if held and interval and held_read + audio_hold <= out[-1][0] + interval / 2:
-                out[-1][1]["audio"] = held
-                held = []
+            if waiting and out and out[-1][0] - read_at >= audio_hold + interval / 2:
+                read_at = out[-1][0]
+                out[-1][1]["audio"] = [(own if kernel_timestamps else read_at, datagram) for own, datagram in waiting]
+                waiting = []
             out.append((due, {}))
         arrival = when if kernel_timestamps or not interval else due
         if kind == "audio" and audio_hold and interval:
-            if not held:
-                held_read = due
-            held.append((arrival, data))
+            waiting.append((when, data))
         else:
             out[-1][1].setdefault(kind, []).append((arrival, data))
     return out

@@ -306,15 +306,17 @@ class DrainsTests(SynchronousTestCase):
         self.assertEqual([len(batch["video"]) for _, batch in _drains(frame, 0.01)], [2])
         self.assertEqual([len(batch["video"]) for _, batch in _drains(frame, 0.01, phase=0.0)], [1, 1])
         held = _drains(packets, 0.01, audio_hold=0.04, phase=0.0)
-        # a0 read at 10 ms, a1 at 30, a2 at 50: due at the drain of 50 ms (10 + 40 <= 50 + 5)
-        audio = [(round(when, 3), [d for _, d in batch["audio"]]) for when, batch in held if "audio" in batch]
-        self.assertEqual(audio, [(0.05, [b"a0", b"a1", b"a2"])])
+        # a0 read at once (nothing read before), then nothing until 10 + 40 + 5 ms have passed: a1, a2 and a3 at
+        # the drain of 70 ms (drains of 50 and 60 ms without packets are not in the list), each at that time
+        audio = [(round(when, 3), [(round(t, 3), d) for t, d in batch["audio"]]) for when, batch in held
+                 if "audio" in batch]
+        self.assertEqual(audio, [(0.01, [(0.01, b"a0")]), (0.07, [(0.07, b"a1"), (0.07, b"a2"), (0.07, b"a3")])])
         self.assertEqual([d for _, batch in held for _, d in batch.get("video", [])], [b"v0", b"v1", b"v2", b"v3"])
-        # with kernel timestamps the hold still counts from the drain that read the packet, not from its arrival:
-        # a0 (arrived at 2 ms) read at 10 ms, held 30 ms: due at the drain of 50 ms (40 > 30 + 5), not 30
+        # with kernel timestamps each packet keeps its own time: a hold of 30 ms reads again at 50 ms (40 >= 35)
         stamped_held = _drains(packets, 0.01, kernel_timestamps=True, audio_hold=0.03, phase=0.0)
-        audio = [(round(when, 3), [d for _, d in batch["audio"]]) for when, batch in stamped_held if "audio" in batch]
-        self.assertEqual(audio[0], (0.05, [b"a0", b"a1", b"a2"]))
+        audio = [(round(when, 3), [(round(t, 3), d) for t, d in batch["audio"]]) for when, batch in stamped_held
+                 if "audio" in batch]
+        self.assertEqual(audio, [(0.01, [(0.002, b"a0")]), (0.05, [(0.022, b"a1"), (0.042, b"a2")])])
 
 
 class AbTests(SynchronousTestCase):

@@ -491,10 +491,16 @@ class IntervalTests(TestCase):
         held, plain = Stamped(), Stamped()
         return clock, sockets, held, sockets.bind(0, held, LOCAL, hold=hold), plain, sockets.bind(0, plain, LOCAL)
 
-    def test_a_holding_socket_delivers_its_datagrams_together(self) -> None:
-        """A socket bound with ``hold`` gets what the drains read from it in one delivery, once the first datagram
-        has waited ``hold`` (give or take half an interval), each datagram with the time it was read; a socket
-        without gets each drain's datagrams at once."""
+    def _queued(self, media: Any) -> bool:
+        """Whether ``media``'s socket has a datagram waiting in the kernel."""
+        readable, _, _ = select.select([media.socket], [], [], 0)
+        return bool(readable)
+
+    def test_a_socket_with_a_hold_is_read_once_its_hold_is_up(self) -> None:
+        """A socket bound with ``hold`` is read only once its hold and half an interval have passed since the
+        drains last read it: its datagrams wait in the kernel meanwhile and come in one delivery, each with the
+        time of the read that found it (no kernel timestamps here); the first one after a quiet spell goes at
+        the next drain.  A socket without a hold is read at every drain."""
         clock, sockets, held, media, plain, other = self._held_setup(0.04)
         self.assertEqual((media.hold, other.hold), (0.04, 0.0))
         for n in range(5):  # a datagram every 20 ms to each, drains every 10 ms
@@ -502,52 +508,59 @@ class IntervalTests(TestCase):
             self._send(b"p%d" % n, other)
             clock.advance(0.01)
             self.assertEqual(len(plain.batches), n + 1)
+            if n == 1:  # h1 came at 20 ms, after the read of 10 ms: it waits for the read of 60 ms
+                self.assertTrue(self._queued(media))
+                self.assertEqual(held.batches, [1])
             clock.advance(0.01)
-        # read at 10, 30, 50, 70, 90 ms: the first three went at the drain of 50 ms (10 + 40 <= 50 + 5), the next
-        # two wait for 70 + 40 ms
-        self.assertEqual(held.batches, [3])
-        self.assertEqual([d for d, _ in held.datagrams], [b"h0", b"h1", b"h2"])
-        self.assertEqual([round(a, 3) for a in held.arrivals], [0.01, 0.03, 0.05])
-        self.assertEqual(list(sockets._holding), [media])
+        # read at 10 ms (h0, the socket was quiet), at 60 (10 + 40 + 5 <= 60: h1, h2), and at 110 (h3, h4)
+        self.assertEqual(held.batches, [1, 2])
+        self.assertTrue(self._queued(media))
         clock.advance(0.01)  # 110 ms
-        self.assertEqual(held.batches, [3, 2])
-        self.assertEqual([d for d, _ in held.datagrams][3:], [b"h3", b"h4"])
-        self.assertEqual([round(a, 3) for a in held.arrivals][3:], [0.07, 0.09])
-        self.assertEqual(sockets._holding, {})
+        self.assertEqual(held.batches, [1, 2, 2])
+        self.assertEqual([d for d, _ in held.datagrams], [b"h%d" % n for n in range(5)])
+        self.assertEqual([round(a, 3) for a in held.arrivals], [0.01, 0.06, 0.06, 0.11, 0.11])
         self.assertEqual([d for d, _ in plain.datagrams], [b"p%d" % n for n in range(5)])
         self.assertEqual(sockets.datagrams, 10)
 
-    def test_the_hold_counts_from_the_read_not_from_the_kernel_arrival(self) -> None:
-        """With kernel timestamps a datagram arrives when the kernel got it, up to an interval before the drain
-        that reads it: its hold counts from that drain, so a held socket still delivers every other drain (with
-        40 ms reads and a 40 ms hold), not at every one."""
+    def test_with_kernel_timestamps_a_held_socket_is_read_every_other_drain(self) -> None:
+        """With 40 ms reads and a 40 ms hold a held socket is read at every other drain, and each datagram keeps
+        the kernel's receive time: up to 80 ms before the read that finds it."""
         clock = Clock()
         clock.advance(time.time())  # the kernel's times and the fake reactor's on one scale
         sockets = MediaSockets(clock, interval=0.04, kernel_timestamps=True)
         self.addCleanup(sockets.close)
         held = Stamped()
         media = sockets.bind(0, held, LOCAL, hold=0.04)
-        started = clock.seconds()
-        self._send(b"h", media)
-        clock.advance(sockets._timer.getTime() - clock.seconds())  # read 40 ms on
-        self.assertEqual(held.datagrams, [])
-        clock.advance(sockets._timer.getTime() - clock.seconds())  # 40 ms after the read
-        self.assertEqual([d for d, _ in held.datagrams], [b"h"])
-        self.assertAlmostEqual(clock.seconds() - started, 0.08, places=5)
-        self.assertLess(held.arrivals[0], started + 0.04)  # the kernel's time, before the drain's
+        self._send(b"first", media)
+        clock.advance(sockets._timer.getTime() - clock.seconds())  # the socket was quiet: read at once
+        self.assertEqual([d for d, _ in held.datagrams], [b"first"])
+        read_at = clock.seconds()
+        sent = time.time()
+        self._send(b"second", media)
+        clock.advance(sockets._timer.getTime() - clock.seconds())  # 40 ms on: not yet
+        self.assertEqual(held.batches, [1])
+        self.assertTrue(self._queued(media))
+        self._send(b"third", media)
+        clock.advance(sockets._timer.getTime() - clock.seconds())  # 80 ms on: both, in one delivery
+        self.assertAlmostEqual(clock.seconds() - read_at, 0.08, places=5)
+        self.assertEqual(held.batches, [1, 2])
+        self.assertEqual([d for d, _ in held.datagrams], [b"first", b"second", b"third"])
+        self.assertLess(held.arrivals[1], read_at + 0.04)  # the kernel's time, long before the read
+        self.assertGreaterEqual(held.arrivals[1], sent - 0.001)
 
-    def test_what_a_closed_socket_held_is_let_go(self) -> None:
-        """A socket closed while it holds datagrams (its call ended) delivers nothing more and leaves nothing
-        behind, also when an earlier delivery of the same drain closes it."""
+    def test_a_socket_closed_while_its_datagrams_wait_delivers_nothing(self) -> None:
+        """A held socket closed while its datagrams wait in the kernel (its call ended) delivers nothing more,
+        also when an earlier delivery of the same drain closes it."""
         clock, sockets, held, media, plain, other = self._held_setup(0.02)
         self._send(b"x", media)
         clock.advance(0.01)
-        self.assertEqual(list(sockets._holding), [media])
+        self._send(b"y", media)
+        clock.advance(0.01)
+        self.assertEqual([d for d, _ in held.datagrams], [b"x"])
         media.stopListening()
-        self.assertEqual(sockets._holding, {})
         clock.advance(0.05)
-        self.assertEqual(held.datagrams, [])
-        # two holding sockets due in the same drain; the first one's delivery closes the second
+        self.assertEqual([d for d, _ in held.datagrams], [b"x"])
+        # two held sockets read in the same drain; the first one's delivery closes the second
         first, second = Stamped(), Stamped()
         closing: list[Any] = []
         first.datagrams_arrived = lambda datagrams: closing[0].stopListening()  # type: ignore[method-assign]
@@ -557,11 +570,8 @@ class IntervalTests(TestCase):
         self._send(b"a", a)
         self._send(b"b", b)
         clock.advance(0.01)
-        self.assertEqual(len(sockets._holding), 2)
-        clock.advance(0.01)
-        clock.advance(0.01)
         self.assertTrue(b.closed)
-        self.assertEqual((second.datagrams, sockets._holding, sockets.protocol_errors), ([], {}, 0))
+        self.assertEqual((second.datagrams, sockets.protocol_errors), ([], 0))
 
     def test_hold_needs_an_interval(self) -> None:
         """Without an interval (drains whenever a socket is readable, no timer) a socket does not hold; a
@@ -610,18 +620,21 @@ class IntervalTests(TestCase):
         step[0] = 0.003  # 3 ms in 20 ms: 15 %, still light
         run(2.0)
         self.assertEqual(sockets.current_interval, 0.02)
-        # a held socket's datagrams go up to half the interval in force early: read at t, held 48 ms, delivered
-        # at the drain of t + 40 ms (t + 48 <= t + 40 + 10), not at t + 60 as with half of 10 ms
+        # a held socket is read once its hold and half the interval in force have passed: hold 48 ms, drains 20
+        # ms apart, read again at t + 60 ms (t + 48 + 10 <= t + 60; the drain at t + 40 is too early)
         held = Stamped()
         media = sockets.bind(0, held, LOCAL, hold=0.048)
         self._send(b"h", media)
         clock.advance(sockets._timer.getTime() - clock.seconds())
         read_at = clock.seconds()
-        clock.advance(sockets._timer.getTime() - clock.seconds())
-        self.assertEqual(held.datagrams, [])
-        clock.advance(sockets._timer.getTime() - clock.seconds())
         self.assertEqual([d for d, _ in held.datagrams], [b"h"])
-        self.assertAlmostEqual(clock.seconds() - read_at, 0.04)
+        self._send(b"i", media)
+        for _ in range(2):
+            clock.advance(sockets._timer.getTime() - clock.seconds())
+            self.assertEqual(held.batches, [1])
+        clock.advance(sockets._timer.getTime() - clock.seconds())
+        self.assertEqual([d for d, _ in held.datagrams], [b"h", b"i"])
+        self.assertAlmostEqual(clock.seconds() - read_at, 0.06)
         step[0] = 0.0034  # 3.4 ms in 20 ms: 17 %, heavy
         run(1.1)
         self.assertEqual(sockets.current_interval, 0.01)
@@ -743,6 +756,33 @@ class ConnectedPeerTests(TestCase):
         self.far.sendto(b"far again", (LOCAL, port))
         yield wait_for(lambda: len(recorder.datagrams) == 3, what="a datagram from the old far end")
         self.assertEqual(recorder.datagrams[2], (b"far again", far))
+
+    def test_a_connected_socket_is_trusted_once_it_is_emptied_whatever_the_others(self) -> None:
+        """A socket connected while empty takes only its peer's datagrams at once; one connected with a foreign
+        datagram queued once a read has emptied it, even in a drain that leaves another socket unemptied (more
+        queued than ``max_per_socket``, or a held socket whose hold is not up)."""
+        sockets = MediaSockets(Clock(), interval=0.01, max_per_socket=2)
+        self.addCleanup(sockets.close)
+        busy, recorder = Stamped(), Stamped()
+        busy_media = sockets.bind(0, busy, LOCAL)
+        media = sockets.bind(0, recorder, LOCAL)
+        far, other = self.far.getsockname(), self.other.getsockname()
+        empty = sockets.bind(0, Stamped(), LOCAL)
+        empty.connect_peer(far)
+        self.assertEqual(empty.peer, far)  # nothing was queued: nothing foreign can be
+        for n in range(5):
+            self.other.sendto(b"%d" % n, (LOCAL, busy_media.getHost().port))
+        self.other.sendto(b"early", (LOCAL, media.getHost().port))
+        media.connect_peer(far)
+        self.assertIsNone(media.peer)
+        deadline = time.monotonic() + 10.0
+        while not recorder.datagrams and time.monotonic() < deadline:
+            readable, _, _ = select.select([busy_media.socket, media.socket], [], [], 10.0)
+            if len(readable) == 2:
+                sockets.drain()
+        self.assertEqual(recorder.datagrams, [(b"early", other)])
+        self.assertEqual(len(busy.datagrams), 2)  # the other socket still holds datagrams after this drain
+        self.assertEqual(media.peer, far)
 
     @inlineCallbacks
     def _connected(self) -> Any:

@@ -228,10 +228,11 @@ SETTINGS: tuple[Setting, ...] = (
             "apart, for an RTMP p99 latency of about 60 ms)",
             "media-read-interval-light-ms"),
     Setting("media_audio_batch_ms", _parse_int(0, 100), 40,
-            "incoming audio RTP is handed to its call this many ms of packets at a time (the first waits up to this "
-            "long, give or take half of media_read_interval_ms; 0: at every read; nothing with media_read_interval_ms "
-            "0): half or a third as many hand-overs, each of which costs as much as the packets in it; audio waits "
-            "for 128 ms AAC frames anyway",
+            "a call's audio RTP socket is read only once this many ms and half of media_read_interval_ms have passed "
+            "since the last read (its packets wait in the kernel meanwhile, up to this plus media_read_interval_ms: "
+            "with 40 and 40, every other read; 0: at every read; nothing with media_read_interval_ms 0): half or a "
+            "third as many reads and hand-overs, each of which costs as much as the packets in it; audio waits for "
+            "128 ms AAC frames anyway",
             "media-audio-batch-ms"),
     Setting("media_kernel_timestamps", _parse_choice("false", "audio", "true"), "audio",
             "whose RTP and RTCP packets arrive at the kernel's receive time (jitter, RTCP round trips, RTP-to-RTMP "

@@ -31,8 +31,8 @@ latency histograms, for 2 to 4 us more per datagram: ``recvmsg`` alone took 3.3 
 A protocol that has latched its far end (symmetric RTP) can ``connect_peer`` its socket to it: the kernel then
 delivers only that source's datagrams, and they are read with ``recv``, without an address to build (at 50 calls
 of the bench the read phase went from 1.6 to 1.2 s of the reactor's 8).  Datagrams queued before the connect
-may come from elsewhere: until a drain has emptied every socket after it, the socket is read with ``recvfrom``.
-``disconnect_peer`` undoes it (the far end moved).
+may come from elsewhere: until a read that began after the connect has emptied the socket (or a peek at the
+connect found it empty), it is read with ``recvfrom``.  ``disconnect_peer`` undoes it (the far end moved).
 
 With a ``gate`` (a lock shared with the transcoding pool, `wcsgw.media.worker.WorkerPool`) a drain holds the lock
 while it reads and delivers, when it is free: the pool's threads start no work meanwhile, and so do not take the
@@ -68,6 +68,7 @@ import ctypes
 import errno
 import heapq
 import itertools
+import math
 import os
 import select
 import socket
@@ -129,7 +130,8 @@ class MediaSocket:
         self.closed = False
         self.peer: tuple[str, int] | None = None  # connect_peer's address, once no other source can be queued
         self._connected: tuple[str, int] | None = None  # what the socket is connected to
-        self.hold = 0.0  # seconds the first datagram of a delivery may wait for more (see MediaSockets.bind)
+        self.hold = 0.0  # seconds its datagrams wait in the kernel between reads (see MediaSockets.bind)
+        self.read_at = -math.inf  # when a drain last read it (a socket with a hold)
         self.stamped = False  # read with the kernel's receive time of each datagram (see MediaSockets.bind)
 
     def _one_by_one(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
@@ -167,8 +169,16 @@ class MediaSocket:
             self.disconnect_peer()
             raise
         self._connected = addr
-        self.peer = None  # recvfrom until a drain has emptied the socket: what came before may be foreign
-        self._owner._verifying.add(self)
+        # What came before the connect may be foreign: recvfrom until a read empties the socket, unless it is
+        # empty now (the kernel queues only the peer's datagrams from here on).
+        try:
+            self.socket.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            self.peer = addr
+        except OSError:  # an error queued for the socket (ICMP): the next read takes it
+            self.peer = None
+        else:
+            self.peer = None
 
     def disconnect_peer(self) -> None:
         """Take datagrams from any source again."""
@@ -176,7 +186,6 @@ class MediaSocket:
             return
         self._connected = None
         self.peer = None
-        self._owner._verifying.discard(self)
         _disconnect(self.fileno)
 
     def getHost(self) -> IPv4Address | IPv6Address:  # noqa: N802 -- IListeningPort's name
@@ -188,7 +197,6 @@ class MediaSocket:
         """Close the socket (at once: nothing is buffered on our side)."""
         if not self.closed:
             self.closed = True
-            self._owner._verifying.discard(self)
             self._owner._remove(self)
             self.socket.close()
             self.protocol.doStop()
@@ -241,7 +249,7 @@ class MediaSockets:
         '_reactor', '_epoll', '_sockets', 'interval', 'light_interval', 'current_interval', '_cpu_clock',
         '_on_light', '_on_reading', 'after_drain', 'lateness', '_calls', '_call_order', '_calls_timer',
         '_load_since', '_load_cpu', '_max_batch', '_max_per_socket', '_receive_buffer', 'kernel_timestamps',
-        '_reading', '_timer', '_due', '_wanted', '_verifying', '_holding', '_gate', 'datagrams', 'drains',
+        '_reading', '_timer', '_due', '_wanted', '_gate', 'datagrams', 'drains',
         'interval_changes', 'receive_errors', 'protocol_errors', 'send_drops', 'read_cpu', 'deliver_cpu',
         '_read_share', '__dict__',
     )
@@ -302,10 +310,6 @@ class MediaSockets:
         self._timer: Any = None
         self._due = 0.0  # when the drain timer was due (drains start interval apart, however long each took)
         self._wanted = 0.0  # when the drain was due on the schedule (earlier than _due after one that ran over)
-        self._verifying: set[MediaSocket] = set()  # connected, not drained empty since (their peer is None)
-        # what sockets with a hold read and have not delivered yet, in the order their first datagram came, with
-        # the time of the drain that read that one (not its arrival: with kernel timestamps that may be earlier)
-        self._holding: dict[MediaSocket, tuple[float, list[tuple[bytes, Any, float]]]] = {}
         self._gate = gate
         # counters
         self.datagrams = 0
@@ -329,11 +333,12 @@ class MediaSockets:
         ``kernel_timestamps`` (only with an ``interval``; None: the ``MediaSockets``' own): this socket's
         datagrams arrive at the kernel's receive time rather than their drain's.
 
-        ``hold`` (seconds; only with an ``interval``): what a drain reads from this socket is held back and
-        delivered once the first datagram held has waited ``hold`` since it was read (give or take half an
-        interval; its arrival time may be earlier, with ``kernel_timestamps``), with those
-        read meanwhile: fewer, larger deliveries, for a stream whose packets are worth little one by one (audio
-        on its way to 128 ms AAC frames).  Each datagram keeps its arrival time (its read's, or the kernel's)."""
+        ``hold`` (seconds; only with an ``interval``): the drains read this socket only once ``hold`` and half an
+        interval have passed since they last did, and its datagrams wait in the kernel meanwhile: fewer, larger
+        deliveries, for a stream whose packets are worth little one by one (audio on its way to 128 ms AAC
+        frames).  What a read finds has waited up to ``hold`` and an interval (with 40 ms for both: every other
+        drain reads it); the first datagram after a quiet spell goes at the next drain.  Its arrival time is the
+        kernel's with ``kernel_timestamps``, else the read's."""
         if hold < 0:
             raise ValueError(f"hold must not be negative, not {hold}")
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
@@ -351,7 +356,7 @@ class MediaSockets:
             sock.close()
             raise CannotListenError(interface, port, exc) from exc
         media = MediaSocket(self, sock, protocol)
-        media.hold = hold if self.interval else 0.0  # drains whenever readable have no timer to deliver by
+        media.hold = hold if self.interval else 0.0  # drains whenever readable have no timer to wait for
         media.stamped = stamped
         self._sockets[media.fileno] = media
         self._epoll.register(media.fileno, select.EPOLLIN)
@@ -444,7 +449,6 @@ class MediaSockets:
             self._reactor.removeReader(self)
 
     def _remove(self, media: MediaSocket) -> None:
-        self._holding.pop(media, None)  # the socket's call is over: what it held goes with it
         if self._sockets.get(media.fileno) is media:
             del self._sockets[media.fileno]
             try:
@@ -524,8 +528,8 @@ class MediaSockets:
     SPLIT_EVERY = 8
 
     def drain(self) -> None:
-        """Read the ready sockets one by one, each until it is empty (or its share of ``max_batch``), and deliver
-        what a socket held before reading the next; then deliver what sockets held back and is due."""
+        """Read the ready sockets one by one (those with a ``hold`` when it is up), each until it is empty (or
+        its share of ``max_batch``), and deliver what a socket held before reading the next."""
         self.drains += 1
         clock = self._cpu_clock
         timed = self.drains % self.SPLIT_EVERY == 1
@@ -533,8 +537,6 @@ class MediaSockets:
             started = clock()
             wall = perf_counter() if timed else 0.0
             reading = self._read_and_deliver(self._reactor.seconds(), timed)
-            if self._holding:
-                self._deliver_held(self._reactor.seconds())
             cpu = clock() - started
             if timed:
                 wall = perf_counter() - wall
@@ -543,16 +545,6 @@ class MediaSockets:
             read = cpu * self._read_share
             self.read_cpu += read
             self.deliver_cpu += cpu - read
-
-    def _deliver_held(self, now: float) -> None:
-        """Deliver what sockets held whose first datagram has waited its ``hold`` since it was read (half an
-        interval early rather than a whole interval late)."""
-        due = now + self.current_interval / 2
-        for media, (read_at, held) in list(self._holding.items()):
-            if media.closed or read_at + media.hold > due:  # closed: by an earlier delivery (``_remove``)
-                continue
-            del self._holding[media]
-            self._deliver(media, held)
 
     def _deliver(self, media: MediaSocket, datagrams: list[tuple[bytes, Any, float]]) -> None:
         """Hand ``datagrams`` to ``media``'s protocol; what it raises is logged and counted."""
@@ -563,52 +555,40 @@ class MediaSockets:
             log.failure("media datagrams on port {port} failed", port=media._host[1])
 
     def _read_and_deliver(self, now: float, timed: bool) -> float:
-        """Read each socket the set reports ready and deliver what it held (or add it to what it holds back)
-        before reading the next (why: the module docstring).  Return the wall time spent reading when ``timed``,
-        else 0.0."""
+        """Read each socket the set reports ready (one with a ``hold`` only when it is up) and deliver what it
+        held before reading the next (why: the module docstring).  Return the wall time spent reading when
+        ``timed``, else 0.0."""
         sockets = self._sockets
-        holding = self._holding
         per_socket = self._max_per_socket
         budget = self._max_batch
+        held_for = self.current_interval / 2  # a held socket is read once its hold and this have passed
         reading = 0.0
-        emptied = True  # every socket read was read until it was empty
         for fd, _mask in self._epoll.poll(0):
             media = sockets.get(fd)
             if media is None or media.closed:  # closed: by an earlier delivery of this drain
                 continue
             if budget <= 0:
-                emptied = False
                 break
+            if media.hold:
+                if now - media.read_at < media.hold + held_for:  # its datagrams wait in the kernel
+                    continue
+                media.read_at = now
             if timed:
                 began = perf_counter()
-                datagrams, empty = self._read_socket(media, now, min(per_socket, budget))
+                datagrams = self._read_socket(media, now, min(per_socket, budget))
                 reading += perf_counter() - began
             else:
-                datagrams, empty = self._read_socket(media, now, min(per_socket, budget))
-            if not empty:
-                emptied = False
-            if not datagrams:
-                continue
-            budget -= len(datagrams)
-            if media.hold:
-                held = holding.get(media)
-                if held is None:
-                    holding[media] = (now, datagrams)
-                else:
-                    held[1].extend(datagrams)
-                continue
-            self._deliver(media, datagrams)
+                datagrams = self._read_socket(media, now, min(per_socket, budget))
+            if datagrams:
+                budget -= len(datagrams)
+                self._deliver(media, datagrams)
         self.datagrams += self._max_batch - budget
-        if self._verifying and emptied:  # every socket is empty now: connected ones get only their peer's
-            for media in self._verifying:
-                media.peer = media._connected
-            self._verifying.clear()
         return reading
 
-    def _read_socket(self, media: MediaSocket, now: float, limit: int
-                     ) -> tuple[list[tuple[bytes, Any, float]], bool]:
-        """Up to ``limit`` datagrams of ``media`` as ``(data, addr, arrival)``, and whether it is empty now (the
-        last read found nothing).  ``now``: the arrival time of what is read, unless stamped."""
+    def _read_socket(self, media: MediaSocket, now: float, limit: int) -> list[tuple[bytes, Any, float]]:
+        """Up to ``limit`` datagrams of ``media`` as ``(data, addr, arrival)``.  ``now``: the arrival time of what
+        is read, unless stamped.  A connected socket that is emptied here takes only its peer's datagrams from
+        now on (read without an address): this read began after the connect, so nothing queued before is left."""
         datagrams: list[tuple[bytes, Any, float]] = []
         append = datagrams.append
         sock = media.socket
@@ -636,14 +616,16 @@ class MediaSockets:
                         addr = addr[:2]
             except OSError as exc:
                 if exc.errno == errno.EAGAIN or exc.errno == errno.EWOULDBLOCK:
-                    return datagrams, True
+                    if peer is None and media._connected is not None:
+                        media.peer = media._connected
+                    return datagrams
                 if exc.errno in _IGNORED_RECV_ERRORS:  # EINTR, or an ICMP error of an earlier send: read on
                     continue
                 self.receive_errors += 1
                 log.warn("media socket {port}: {error}", port=media._host[1], error=exc)
-                return datagrams, False
+                return datagrams
             append((data, addr, arrival))
-        return datagrams, False
+        return datagrams
 
     # -- IReadDescriptor (interval 0) ----------------------------------------------------------------------------
 
