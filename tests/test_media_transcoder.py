@@ -608,6 +608,16 @@ class G711TableTests(SynchronousTestCase):
             got = array.array("f", bytes(g711_to_float(codes, _G711_FLOAT[name])))
             self.assertEqual(list(got), [sample / 32768.0 for sample in expected], name)
 
+    def test_only_the_bytes_that_are_not_always_zero_are_translated(self) -> None:
+        """G.711 samples are integers of 14 bits at most over 32768: the low bytes of their floats' mantissas are
+        zero for every code, and the conversion leaves them as the new buffer has them (A-law: bytes 0 and 1,
+        mu-law: byte 0)."""
+        for name, kept in (("pcma", [2, 3]), ("pcmu", [1, 2, 3])):
+            self.assertEqual([k for k, _ in _G711_FLOAT[name]], kept, name)
+            samples = bytes(g711_to_float(bytes(range(256)), _G711_FLOAT[name]))
+            for k in range(4):
+                self.assertEqual(any(samples[k::4]), k in kept, (name, k))
+
     def test_8khz_g711_skips_the_decoder_and_gives_the_same_aac(self) -> None:
         """G.711 to 8 kHz AAC goes through the tables (no decoder, no resampler), and the AAC is the same, byte
         for byte, as through FFmpeg's decoder and libswresample, lost packets and all."""

@@ -93,22 +93,26 @@ def _alaw_to_linear(code: int) -> int:
     return magnitude if code & 0x80 else -magnitude
 
 
-def _float_byte_tables(decode: Callable[[int], int]) -> tuple[bytes, bytes, bytes, bytes]:
-    """Four ``bytes.translate`` tables: byte k of each G.711 code's float32 sample (native order, as PyAV's "flt"
-    planes hold it)."""
+def _float_byte_tables(decode: Callable[[int], int]) -> tuple[tuple[int, bytes], ...]:
+    """``bytes.translate`` tables for the bytes of each G.711 code's float32 sample (native order, as PyAV's "flt"
+    planes hold it): ``(k, table of byte k)`` for each byte that is not zero in every sample.  The samples are
+    integers of 14 bits at most over 32768, so the low bytes of their mantissas are zero: A-law needs two tables,
+    mu-law three."""
     samples = [struct.pack("=f", decode(code) / 32768.0) for code in range(256)]
-    return tuple(bytes(sample[k] for sample in samples) for k in range(4))  # type: ignore[return-value]
+    tables = [(k, bytes(sample[k] for sample in samples)) for k in range(4)]
+    return tuple((k, table) for k, table in tables if any(table))
 
 
 _G711_FLOAT = {"pcmu": _float_byte_tables(_ulaw_to_linear), "pcma": _float_byte_tables(_alaw_to_linear)}
 
 
-def g711_to_float(payload: bytes, tables: tuple[bytes, bytes, bytes, bytes]) -> bytearray:
-    """G.711 bytes to float32 samples, in C loops only: each byte of the floats by one ``translate``, then laid
-    side by side with extended slices (a Python loop over the samples costs 15 times more)."""
+def g711_to_float(payload: bytes, tables: tuple[tuple[int, bytes], ...]) -> bytearray:
+    """G.711 bytes to float32 samples, in C loops only: each byte of the floats that is not always zero by one
+    ``translate``, then laid side by side with extended slices (a Python loop over the samples costs 15 times
+    more); the zero bytes are the new buffer's."""
     out = bytearray(4 * len(payload))
-    for k in range(4):
-        out[k::4] = payload.translate(tables[k])
+    for k, table in tables:
+        out[k::4] = payload.translate(table)
     return out
 
 
@@ -251,7 +255,7 @@ class AudioTranscoder:
         'audio_specific_config', '_coder', 'cutoff', '_out_layout', '_bitrate', '_thread_count', '_max_fill_ms',
         '_resync_ms', '_in_rate', '_decoder', '_encoder', '_resampler', '_g711_table', '_pcm', '_pcm_frame', '_fifo',
         '_segment_start_ms', '_segment_in_samples', '_segment_pts', '_segment_consumed', '_next_pts', '_rebase_ms',
-        '_send', '__dict__',
+        '_send', '_time_base', '__dict__',
     )
 
     def __init__(
@@ -312,6 +316,7 @@ class AudioTranscoder:
         self.sample_rate = sample_rate
         self.output_channels = output_channels
         self._out_layout = _layout_name(output_channels)
+        self._time_base = Fraction(1, sample_rate)  # the encoder's
         self._bitrate = bitrate
         self._thread_count = thread_count
         self._max_fill_ms = max_fill_ms
@@ -390,7 +395,7 @@ class AudioTranscoder:
         encoder.layout = self._out_layout
         encoder.format = "fltp"
         encoder.bit_rate = aac_bitrate(self._bitrate, self.sample_rate, self.output_channels)
-        encoder.time_base = Fraction(1, self.sample_rate)
+        encoder.time_base = self._time_base
         encoder.thread_count = self._thread_count
         options = {"aac_coder": self._coder}
         if self.cutoff:
@@ -489,7 +494,7 @@ class AudioTranscoder:
             frame = self._pcm_frame_next() if lane else self._fifo.read(AAC_FRAME_SIZE)
             assert frame is not None
             frame.pts = self._segment_pts + self._segment_consumed
-            frame.time_base = self._encoder.time_base
+            frame.time_base = self._time_base  # (the encoder's: reading it there makes a Fraction each time)
             self._segment_consumed += AAC_FRAME_SIZE
             self._next_pts = frame.pts + AAC_FRAME_SIZE
             try:
