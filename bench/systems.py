@@ -290,12 +290,16 @@ class Gateway:
     GC_PAUSE = "wcsgw_gc_pause_seconds_total"  # counter, generation
 
     def __init__(self, procs: Processes, workdir: Path, media: Media, *, callapp: CallAppSink,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, root: Path = ROOT,
+                 media_ports: tuple[int, int] = GATEWAY_MEDIA_PORTS) -> None:
+        """``root``: the tree whose gateway runs (``bench/pair.py`` runs two); ``media_ports``: its RTP range."""
         self.procs = procs
         self.workdir = workdir
         self.media = media
         self.callapp = callapp
         self.extra_args = extra_args or []
+        self.root = root
+        self.media_ports = media_ports
         self.child: Child | None = None
         self.rest_port = 0
         self._before: Samples = {}
@@ -338,9 +342,9 @@ class Gateway:
         twistd = str(Path(sys.executable).with_name("twistd"))
         argv = [twistd, "-n", "--pidfile=", "wcsgw", "--rest-port", str(self.rest_port),
                 "--sip-port", str(free_udp_port()), "--sip-address", "127.0.0.1", "--public-address", "127.0.0.1",
-                "--media-ports", f"{GATEWAY_MEDIA_PORTS[0]}-{GATEWAY_MEDIA_PORTS[1]}",
+                "--media-ports", f"{self.media_ports[0]}-{self.media_ports[1]}",
                 "--callapp-url", self.callapp.url, "--state-dir", str(self.workdir / "var"), *self.extra_args]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self.root))
         self.child = self.procs.start("gateway", argv, cwd=self.workdir, log=self.workdir / "gateway.log", env=env)
         wait_until(lambda: tcp_accepts(self.rest_port), 60, "the gateway's REST port", alive=self.child)
 

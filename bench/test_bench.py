@@ -340,6 +340,27 @@ class AbTests(SynchronousTestCase):
         self.assertNotIn("held", result["old"])
 
 
+class PairTests(SynchronousTestCase):
+    def test_rows_and_the_ratio_summary(self) -> None:
+        """A side's row is its CPU per call-minute (all and reactor) over the window, its phases and latency p99 in
+        ms; the summary of the ratios B / A is their mean, standard deviation and standard error."""
+        from bench.pair import ratio_summary, side_row
+        from bench.procstat import CpuSample
+
+        row = side_row(CpuSample(total=6.0, main=4.5), 30, 20.0,
+                       {"media_read_cpu_s": 0.8, "media_deliver_cpu_s": 2.1, "self_latency_p99": 0.025})
+        self.assertAlmostEqual(row["total"], 0.6)  # 6 s over 30 calls for a third of a minute
+        self.assertAlmostEqual(row["reactor"], 0.45)
+        self.assertEqual((row["read"], row["handle"]), (0.8, 2.1))
+        self.assertAlmostEqual(row["p99 ms"], 25.0)
+        self.assertIsNone(side_row(CpuSample(total=1.0), 1, 60.0, {})["p99 ms"])
+        summary = ratio_summary([0.96, 1.0, 1.04])
+        self.assertAlmostEqual(summary["mean"], 1.0)
+        self.assertAlmostEqual(summary["sd"], 0.04)
+        self.assertAlmostEqual(summary["sem"], 0.04 / 3 ** 0.5)
+        self.assertEqual(ratio_summary([0.9]), {"mean": 0.9, "sd": 0.0, "sem": 0.0})
+
+
 class SchedulingTests(SynchronousTestCase):
     def test_scheduling_of_a_process(self) -> None:
         """``procstat.scheduling`` names a main thread's policy, with its priority when real-time; None once the
