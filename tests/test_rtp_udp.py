@@ -522,6 +522,48 @@ class IntervalTests(TestCase):
         self.assertEqual([d for d, _ in plain.datagrams], [b"p%d" % n for n in range(5)])
         self.assertEqual(sockets.datagrams, 10)
 
+    def test_a_held_socket_is_read_when_its_protocol_wants_it(self) -> None:
+        """A protocol that names a time in its socket's ``wanted_at`` as it takes a delivery has the socket read at
+        the first drain at or after that time (past its hold), or ``MAX_HOLD`` after the last read if sooner; a
+        read clears it, and with none named the hold rules again."""
+        clock = Clock()
+        sockets = MediaSockets(clock, interval=0.01)
+        self.addCleanup(sockets.close)
+        wants: list[float | None] = [0.095, 10.0, None, None]
+        cleared: list[bool] = []
+
+        class Wanting(Stamped):
+            def datagrams_arrived(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
+                super().datagrams_arrived(datagrams)
+                cleared.append(media.wanted_at is None)  # by the read, before the delivery
+                media.wanted_at = wants.pop(0)
+
+        held = Wanting()
+        media = sockets.bind(0, held, LOCAL, hold=0.04)
+        self._send(b"h0", media)
+        clock.advance(0.01)  # quiet socket: read at once; wanted again at 95 ms
+        self.assertEqual(held.batches, [1])
+        self._send(b"h1", media)
+        for _ in range(8):  # 20 to 90 ms: the hold (45 ms) is up, the wanted time is not
+            clock.advance(0.01)
+        self.assertEqual(held.batches, [1])
+        self.assertTrue(self._queued(media))
+        clock.advance(0.01)  # 100 ms
+        self.assertEqual(held.batches, [1, 1])
+        read_at = clock.seconds()
+        self._send(b"h2", media)  # wanted at 10 s: read MAX_HOLD after the last read
+        while len(held.batches) < 3:
+            clock.advance(0.01)
+        self.assertGreaterEqual(clock.seconds() - read_at, sockets.MAX_HOLD - 1e-9)
+        self.assertLess(clock.seconds() - read_at, sockets.MAX_HOLD + 0.0101)
+        read_at = clock.seconds()
+        self._send(b"h3", media)  # none wanted: the hold again, read 50 ms on (45 ms, rounded up to a drain)
+        while len(held.batches) < 4:
+            clock.advance(0.01)
+        self.assertAlmostEqual(clock.seconds() - read_at, 0.05)
+        self.assertEqual([d for d, _ in held.datagrams], [b"h0", b"h1", b"h2", b"h3"])
+        self.assertEqual(cleared, [True, True, True, True])
+
     def test_with_kernel_timestamps_a_held_socket_is_read_every_other_drain(self) -> None:
         """With 40 ms reads and a 40 ms hold a held socket is read at every other drain, and each datagram keeps
         the kernel's receive time: up to 80 ms before the read that finds it."""

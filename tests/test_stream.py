@@ -291,6 +291,31 @@ class AacTranscodeTests(TestCase):
             yield stream.stop()
 
     @inlineCallbacks
+    def test_audio_is_wanted_when_the_job_can_be_complete(self) -> Any:
+        """``audio_wanted_at``: the last payload's arrival plus the time of the samples the job being gathered
+        still lacks (and a 5 ms margin); None before any audio, and for a stream that does not gather jobs."""
+        stream = CallStream(reactor, "s6", StreamOptions(aac_sample_rate=0), audio=AUDIO_PCMU, video=None,
+                            request_keyframe=lambda: None, publisher_factory=FakePublisher)
+        self.assertIsNone(stream.audio_wanted_at())
+        now = 1000.0
+        frames = [AudioFrame(n * 160, b"\x7f" * 160, 0, now + n * 0.02) for n in range(5)]
+        stream.media_events("audio", frames, now + 0.08)
+        # a job is two AAC frames, 2048 samples at 8 kHz: 800 gathered, 1248 (156 ms) to come after 80 ms
+        self.assertAlmostEqual(stream.audio_wanted_at(), now + 0.08 + 1248 / 8000 + 0.005)
+        more = [AudioFrame(n * 160, b"\x7f" * 160, 0, now + n * 0.02) for n in range(5, 13)]
+        stream.media_events("audio", more, now + 0.24)
+        self.assertEqual(stream._audio_worker.counters.submitted, 1)  # 13 payloads: 2080 samples, a job
+        # the next job lacks 2048 - 32 samples after the last payload (240 ms)
+        self.assertAlmostEqual(stream.audio_wanted_at(), now + 0.24 + 2016 / 8000 + 0.005)
+        yield stream.stop()
+        self.assertIsNone(stream.audio_wanted_at())
+        passthrough = CallStream(reactor, "s7", StreamOptions(audio_output="passthrough"), audio=AUDIO_PCMU,
+                                 video=None, request_keyframe=lambda: None, publisher_factory=FakePublisher)
+        passthrough.media_events("audio", frames, now + 0.08)
+        self.assertIsNone(passthrough.audio_wanted_at())
+        yield passthrough.stop()
+
+    @inlineCallbacks
     def test_at_44100_hz_a_job_carries_at_least_60_ms(self) -> Any:
         """At 44.1 kHz an AAC frame needs about one packet of PCMU; payloads still go to the worker 60 ms (480
         samples) at a time: a third of the jobs."""

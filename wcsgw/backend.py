@@ -294,6 +294,7 @@ class CallMedia:
         self.ports: dict[str, tuple[int, int]] = {}
         self.params: dict[str, MediaParams] = {}
         self.stream: CallStream | None = None
+        self._audio_socket: Any = None  # the audio RTP socket, when it takes read hints (MediaSocket.wanted_at)
         self.local_offer: SessionOffer | None = None
         self.crypto: dict[str, tuple[CryptoAttribute, ...]] = {}
         self._session_version = 0
@@ -321,6 +322,9 @@ class CallMedia:
                                                on_events=functools.partial(self._events, kind))
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
+                transport = protocol.rtp_protocol.transport
+                if kind == "audio" and getattr(transport, "hold", 0.0):
+                    self._audio_socket = transport
         except PortsExhausted:
             self.teardown()
             raise
@@ -446,6 +450,9 @@ class CallMedia:
                 self._inactive.discard(kind)
             if self.stream is not None:
                 self.stream.media_events(kind, events, self.backend.reactor.seconds())
+                if kind == "audio" and self._audio_socket is not None:
+                    # read the socket again when the AAC job being gathered can be complete
+                    self._audio_socket.wanted_at = self.stream.audio_wanted_at()
             return
         for event in events:
             try:

@@ -232,7 +232,9 @@ SETTINGS: tuple[Setting, ...] = (
             "since the last read (its packets wait in the kernel meanwhile, up to this plus media_read_interval_ms: "
             "with 40 and 40, every other read; 0: at every read; nothing with media_read_interval_ms 0): half or a "
             "third as many reads and hand-overs, each of which costs as much as the packets in it; audio waits for "
-            "128 ms AAC frames anyway",
+            "128 ms AAC frames anyway. A G.711 call transcoded to AAC has its audio socket read instead when the AAC "
+            "job being gathered can be complete (at most 0.5 s apart): a job's packets in one hand-over, its last "
+            "one at most a read interval after it came",
             "media-audio-batch-ms"),
     Setting("media_kernel_timestamps", _parse_choice("false", "audio", "true"), "audio",
             "whose RTP and RTCP packets arrive at the kernel's receive time (jitter, RTCP round trips, RTP-to-RTMP "

@@ -53,6 +53,7 @@ _AAC_RATE_INDEX = {96000: 0, 88200: 1, 64000: 2, 48000: 3, 44100: 4, 32000: 5, 2
 _FLV_AUDIO_CODEC_ID = {"aac": 10, "PCMA": 7, "PCMU": 8, "speex": 11}
 AAC_OBJECT_TYPE_LC = 2
 MIN_AUDIO_JOB_MS = 60  # G.711 to AAC: the least audio one worker job carries
+AUDIO_WANTED_MARGIN = 0.005  # s: audio_wanted_at's allowance for the network's jitter
 
 
 def audio_specific_config(sample_rate: int, channels: int) -> bytes:
@@ -332,6 +333,18 @@ class CallStream:
             self.media_event(kind, event, now)
             if self._stopped:
                 return
+
+    def audio_wanted_at(self) -> float | None:
+        """When the audio the AAC job being gathered lacks will have come: the arrival of its last payload so far,
+        plus the time of the samples it still needs, plus ``AUDIO_WANTED_MARGIN``; None when audio is not gathered
+        into jobs or none has come.  Read then, the call's audio socket hands over a job's last packet an interval
+        at most after it came, and the packets before it together (see ``MediaSockets.bind``)."""
+        frame_in = self._audio_frame_in
+        params = self._audio
+        if not frame_in or params is None or self._stopped or not self._audio_batch_arrival:
+            return None
+        missing = frame_in - self._audio_batch_samples
+        return self._audio_batch_arrival + missing / params.clock_rate + AUDIO_WANTED_MARGIN
 
     def _audio_in(self, frame: AudioFrame, now: float) -> None:
         params = self._audio

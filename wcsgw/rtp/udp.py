@@ -132,6 +132,10 @@ class MediaSocket:
         self._connected: tuple[str, int] | None = None  # what the socket is connected to
         self.hold = 0.0  # seconds its datagrams wait in the kernel between reads (see MediaSockets.bind)
         self.read_at = -math.inf  # when a drain last read it (a socket with a hold)
+        # A socket with a hold: when what its protocol waits for will have come (reactor seconds; None: no hint).
+        # Its protocol sets it as it takes a delivery: the drains read the socket at the first drain at or after
+        # it (and at least every MediaSockets.MAX_HOLD), instead of every hold (see MediaSockets.bind).
+        self.wanted_at: float | None = None
         self.stamped = False  # read with the kernel's receive time of each datagram (see MediaSockets.bind)
 
     def _one_by_one(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
@@ -338,7 +342,10 @@ class MediaSockets:
         deliveries, for a stream whose packets are worth little one by one (audio on its way to 128 ms AAC
         frames).  What a read finds has waited up to ``hold`` and an interval (with 40 ms for both: every other
         drain reads it); the first datagram after a quiet spell goes at the next drain.  Its arrival time is the
-        kernel's with ``kernel_timestamps``, else the read's."""
+        kernel's with ``kernel_timestamps``, else the read's.  While the protocol names a time in the socket's
+        ``wanted_at`` as it takes a delivery (when what it waits for will have come: the last packet of an AAC
+        job), the drains read the socket at the first drain at or after that time instead, or ``MAX_HOLD``
+        after the last read if that comes first."""
         if hold < 0:
             raise ValueError(f"hold must not be negative, not {hold}")
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
@@ -522,6 +529,9 @@ class MediaSockets:
             except Exception:
                 log.failure("media sockets: {hook!r} failed", hook=hook)
 
+    #: The longest a socket with a hold and a ``wanted_at`` goes unread (seconds).
+    MAX_HOLD = 0.5
+
     #: One drain in this many has its reading timed apart from its delivering (two wall-clock reads per socket,
     #: where the thread's CPU clock is a system call of 1.6 us here); the CPU of every drain is split between
     #: ``read_cpu`` and ``deliver_cpu`` in the proportion the last timed one found.
@@ -570,9 +580,14 @@ class MediaSockets:
             if budget <= 0:
                 break
             if media.hold:
-                if now - media.read_at < media.hold + held_for:  # its datagrams wait in the kernel
+                wanted = media.wanted_at
+                if wanted is None:
+                    if now - media.read_at < media.hold + held_for:  # its datagrams wait in the kernel
+                        continue
+                elif now < wanted and now - media.read_at < self.MAX_HOLD:
                     continue
                 media.read_at = now
+                media.wanted_at = None  # the protocol names the next as it takes this delivery
             if timed:
                 began = perf_counter()
                 datagrams = self._read_socket(media, now, min(per_socket, budget))
