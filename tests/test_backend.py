@@ -245,6 +245,9 @@ class RecordingStream:
     def media_event(self, kind: str, event: Any, now: float) -> None:
         self.single.append((kind, event))
 
+    def audio_wanted_at(self) -> float | None:
+        return 12.75
+
 
 class CallMediaEventsTests(SynchronousTestCase):
     def make(self) -> tuple[CallMedia, RecordingStream]:
@@ -264,6 +267,16 @@ class CallMediaEventsTests(SynchronousTestCase):
         self.assertEqual(stream.deliveries, [("audio", frames, 12.5)])
         self.assertEqual(stream.single, [])
         self.assertEqual(media._inactive, set())
+
+    def test_after_a_delivery_of_audio_the_socket_is_told_when_it_is_wanted(self) -> None:
+        """After the stream takes a delivery of audio frames, the audio socket (one that holds its reads) gets the
+        stream's ``audio_wanted_at`` as its ``wanted_at``; video leaves it alone."""
+        media, stream = self.make()
+        socket = media._audio_socket = SimpleNamespace(hold=0.04, wanted_at=None)
+        media._events("video", [AudioFrame(0, b"\x7f" * 160, 0, 12.0)])
+        self.assertIsNone(socket.wanted_at)
+        media._events("audio", [AudioFrame(0, b"\x7f" * 160, 0, 12.0)])
+        self.assertEqual(socket.wanted_at, 12.75)
 
     def test_a_delivery_with_other_events_goes_one_by_one(self) -> None:
         """A delivery that holds anything but frames is handled event by event, in order, as ``_event`` does:
