@@ -174,15 +174,15 @@ class MediaSocket:
             raise
         self._connected = addr
         # What came before the connect may be foreign: recvfrom until a read empties the socket, unless it is
-        # empty now (the kernel queues only the peer's datagrams from here on).
+        # empty now (the kernel queues only the peer's datagrams from here on).  Another error (an ICMP one
+        # queued for the socket) leaves it to the next read.
+        self.peer = None
         try:
             self.socket.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             self.peer = addr
-        except OSError:  # an error queued for the socket (ICMP): the next read takes it
-            self.peer = None
-        else:
-            self.peer = None
+        except OSError:
+            pass
 
     def disconnect_peer(self) -> None:
         """Take datagrams from any source again."""
