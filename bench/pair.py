@@ -25,6 +25,7 @@ import argparse
 import math
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -167,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _remove_worktree(tree: Path) -> None:
-    import subprocess
     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
