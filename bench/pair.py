@@ -40,15 +40,12 @@ from bench.ab import _tree  # noqa: E402
 from bench.media import WORK, ensure_media  # noqa: E402
 from bench.peers import FarEnd, Nginx  # noqa: E402
 from bench.procs import Processes  # noqa: E402
+from bench.run import log  # noqa: E402
 from bench.systems import Call, CallAppSink, Gateway  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: per place (0 and 1): the gateway's RTP port range and its far end's first media port
 PLACES = (((28000, 29998), 20000), ((30000, 31998), 22500))
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def ratio_summary(ratios: list[float]) -> dict[str, float]:

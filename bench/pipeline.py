@@ -10,7 +10,9 @@
 The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
 own classes: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``, as
 ``MediaSockets`` delivers them with the gateway's defaults (each with its drain's time as its arrival; audio held
-``--audio-batch-ms``) (RTP parse, latch, stats, jitter buffer, depacketizer, events), then
+``--audio-batch-ms``; the gateway reads a G.711 call's audio instead when its AAC job can be complete, about every
+256 ms, which this harness does not follow: its audio deliveries are smaller and more) (RTP parse, latch, stats,
+jitter buffer, depacketizer, events), then
 ``CallStream`` (clock, FLV tags) and ``RtmpPublisher`` over a ``StringTransport`` (after a scripted RTMP
 handshake), with a ``MemoryReactorClock`` advanced to each drain's time, so the timers run as they would.
 
