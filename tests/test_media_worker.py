@@ -409,6 +409,98 @@ class BatchTests(SynchronousTestCase):
         self.assertRaises(ValueError, WorkerPool, ThreadedFakeReactor(), 1, batch_interval=-1.0)
 
 
+class CollectTests(SynchronousTestCase):
+    run_until = PoolTests.run_until
+
+    def setUp(self) -> None:
+        self.reactor = ThreadedFakeReactor()
+        self.pool = WorkerPool(self.reactor, 1, name=f"test-pool-{next(_names)}", batch_interval=0.02)
+        self.results: dict[str, list[str]] = {"audio": [], "video": []}
+        self.audio = TranscodeWorker(self.reactor, EchoTranscoder, self.results["audio"].append, pool=self.pool,
+                                     name="audio", max_queue=100)
+        self.video = TranscodeWorker(self.reactor, EchoTranscoder, self.results["video"].append, pool=self.pool,
+                                     name="video", max_queue=100, prompt=True)
+        self.addCleanup(self.stop)
+
+    def stop(self) -> None:
+        self.audio.stop()
+        self.video.stop()
+        stopped: list[object] = []
+        self.pool.stop().addCallback(stopped.append)
+        self.run_until(self.reactor, lambda: bool(stopped))
+
+    def batch(self, lane: TranscodeWorker[Any], *items: str) -> None:
+        for item in items:
+            self.assertTrue(lane.submit(MediaInput(item.encode(), 0.0)))
+        self.pool.hand_over_now()
+
+    def wait_waited(self, batches: int) -> None:
+        """Until ``batches`` batches' results wait for the reactor (the thread's work is its own)."""
+        done = threading.Event()
+        for _ in range(int(WAIT * 1000)):
+            if self.pool.results_waited >= batches:
+                return
+            done.wait(0.001)
+        self.fail("the results never waited")
+
+    def test_results_wait_for_the_reactor_while_collected(self) -> None:
+        """While the pool collects results, a batch's results do not wake the reactor (no ``callFromThread``):
+        they wait for ``deliver_collected``, which hands them over in order, once."""
+        self.pool.collect_results(True)
+        self.batch(self.audio, "a1", "a2")
+        self.wait_waited(1)
+        self.batch(self.audio, "a3")
+        self.wait_waited(2)
+        self.assertTrue(self.reactor.from_thread.empty())
+        self.assertEqual(self.results["audio"], [])
+        self.pool.deliver_collected()
+        self.assertEqual(self.results["audio"], ["a1-out", "a2-out", "a3-out"])
+        self.pool.deliver_collected()
+        self.assertEqual(len(self.results["audio"]), 3)
+        self.assertTrue(self.reactor.from_thread.empty())
+
+    def test_a_prompt_lane_goes_at_once_and_takes_what_waited_along(self) -> None:
+        """A batch with a prompt lane's results (video) wakes the reactor at once, and carries the results that
+        waited before it in front of its own, so that each lane's stay in order."""
+        self.pool.collect_results(True)
+        self.batch(self.audio, "a1")
+        self.wait_waited(1)
+        self.assertTrue(self.video.submit(MediaInput(b"v1", 0.0)))
+        self.batch(self.audio, "a2")
+        self.reactor.run_next()  # one call: everything
+        self.assertEqual(self.results, {"audio": ["a1-out", "a2-out"], "video": ["v1-out"]})
+        self.assertEqual(self.pool.results_waited, 1)
+        self.pool.deliver_collected()
+        self.assertEqual(self.results["audio"], ["a1-out", "a2-out"])
+
+    def test_results_go_at_once_when_not_collected_and_what_waited_follows_the_switch(self) -> None:
+        """Without collection (the default) results come by ``callFromThread``; switching collection off hands
+        what waited to the reactor's next turn."""
+        self.batch(self.audio, "a1")
+        self.reactor.run_next()
+        self.assertEqual(self.results["audio"], ["a1-out"])
+        self.pool.collect_results(True)
+        self.batch(self.audio, "a2")
+        self.wait_waited(1)
+        self.pool.collect_results(False)
+        self.assertEqual(self.results["audio"], ["a1-out"])
+        self.reactor.advance(0)
+        self.assertEqual(self.results["audio"], ["a1-out", "a2-out"])
+        self.batch(self.audio, "a3")
+        self.reactor.run_next()
+        self.assertEqual(self.results["audio"], ["a1-out", "a2-out", "a3-out"])
+
+    def test_the_pools_stop_does_not_wait_for_a_drain(self) -> None:
+        """The pool's stop ends collection: the lanes' flushes and ends come back without ``deliver_collected``
+        (the drains may have stopped first)."""
+        self.pool.collect_results(True)
+        self.batch(self.audio, "a1")
+        self.wait_waited(1)
+        self.stop()  # run_until never calls deliver_collected
+        self.assertEqual(self.results["audio"], ["a1-out", "flushed"])
+        self.assertEqual(self.results["video"], ["flushed"])
+
+
 class GateTests(SynchronousTestCase):
     run_until = PoolTests.run_until
 

@@ -148,6 +148,21 @@ class PassthroughTests(SynchronousTestCase):
         self.assertEqual(audio_specific_config(48000, 2), b"\x11\x90")
 
 
+class PromptTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_re_encoded_video_is_prompt_and_audio_is_not(self) -> Any:
+        """The transcoding lane of re-encoded video gives its results at once even while the pool collects
+        results for the media drains (video would wait a read interval); the AAC lane's wait."""
+        stream = CallStream(reactor, "s-prompt", StreamOptions(transcode_video=True), audio=AUDIO_PCMU,
+                            video=VIDEO_H264, request_keyframe=lambda: None, publisher_factory=FakePublisher)
+        assert stream._video_worker is not None and stream._audio_worker is not None
+        self.assertTrue(stream._video_worker.prompt)
+        self.assertFalse(stream._audio_worker.prompt)
+        yield stream.stop()
+
+
 class AacTranscodeTests(TestCase):
     timeout = 60
 

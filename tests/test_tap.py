@@ -261,6 +261,48 @@ class ServiceTests(SynchronousTestCase):
             port.stopListening()
         self.assertTrue(service.lag._loop.running)
 
+    def test_transcoding_results_wait_for_the_drains_and_ride_with_their_writes(self) -> None:
+        """While a call's media sockets are read (timed drains), the transcoding pool collects its results, and
+        each drain hands them over before its RTMP writes go; after the last call's sockets the pool no longer
+        collects.  With transcode_results_with_reads=false it never does."""
+        for enabled in (True, False):
+            reactor = MemoryReactorUdp()
+            service = GatewayService(reactor, config.build_settings({
+                "state_dir": self.mktemp(), "ip_local": "127.0.0.1",
+                "transcode_results_with_reads": enabled}))
+            sockets = service.media_sockets
+            if sockets is None:
+                raise SkipTest("no epoll here")
+            service.startService()
+            self.addCleanup(service.stopService)
+            self.assertFalse(service.pool._collecting)
+            media = CallMedia(service.backend, None)  # type: ignore[arg-type]
+            media.bind()
+            self.assertEqual(service.pool._collecting, enabled)
+            events: list[str] = []
+
+            class Connection:
+                transport = None
+                _held = None
+
+                def _send_queued(self) -> None:
+                    events.append("sent")
+
+            class Lane:
+                def _deliver(self, results: list[str]) -> None:
+                    events.extend(results)
+
+            def work_of_the_drain() -> None:  # as if the drain's deliveries queued a write
+                service.rtmp_writes.add(Connection())  # type: ignore[arg-type]
+
+            sockets.after_drain.insert(0, work_of_the_drain)
+            service.pool._collected.append((Lane(), ["aac"]))  # type: ignore[arg-type]
+            reactor.advance(sockets.current_interval + 0.005)
+            self.assertEqual(events, ["aac", "sent"])
+            for port in {port for protocol in media.protocols.values() for port in protocol._ports.values()}:
+                port.stopListening()
+            self.assertFalse(service.pool._collecting)
+
     def test_media_first_shares_one_gate(self) -> None:
         """``media_first`` (the default) gives the transcoding pool, the media sockets and the RTMP sends one lock
         (the reactor holds it while it reads media or sends, the pool's threads wait at it); false: none."""

@@ -220,7 +220,8 @@ class CallStream:
 
         self._video_worker = TranscodeWorker(self._reactor, make, self._video_out, max_queue=options.worker_queue,
                                              name=f"video-{self.name}", keyframe_gated=True,
-                                             on_keyframe_needed=self._request_far_keyframe, pool=self._pool)
+                                             on_keyframe_needed=self._request_far_keyframe, pool=self._pool,
+                                             prompt=True)  # video must not wait a read interval for RTMP
 
     def _metadata_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"duration": 0.0, "encoder": "wcsgw"}

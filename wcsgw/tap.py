@@ -193,7 +193,10 @@ class GatewayService(service.MultiService):
     def _reads_running(self, running: bool) -> None:
         """The timed media drains started (the first call's sockets) or stopped: while they run, the reactor's
         lag is how late their timer runs (``_after_drain``), and the lag monitor's own timer, which would wake the
-        reactor ten times a second for it, stops."""
+        reactor ten times a second for it, stops.  With ``transcode_results_with_reads`` the transcoding
+        threads' results wait for the drains meanwhile (`WorkerPool.collect_results`)."""
+        if self.settings.transcode_results_with_reads:
+            self.pool.collect_results(running)
         if running:
             self.lag.stop()
         elif self.running:
@@ -207,6 +210,7 @@ class GatewayService(service.MultiService):
         sockets = self.media_sockets
         assert sockets is not None
         self.lag.observe(sockets.lateness)
+        self.pool.deliver_collected()  # before the writes go: the AAC rides with this drain's video
         self.rtmp_writes.send_now()
         if self.pool.batch_interval <= sockets.current_interval:
             self.pool.hand_over_now()
