@@ -433,6 +433,9 @@ def render(gateway: Any) -> str:
         out.metric("wcsgw_transcode_gate_skips_total", "counter",
                    "of those, items that stopped waiting because their call's transcoding fell behind",
                    [("", pool.gate_skips)])
+        out.metric("wcsgw_transcode_results_waited_total", "counter",
+                   "batches of transcoding results that waited for the next media read instead of waking the "
+                   "reactor (transcode_results_with_reads)", [("", pool.results_waited)])
 
     for name, value in sorted(agent.counters.items()):
         out.metric(f"wcsgw_sip_{name}_total", "counter", f"SIP user agent: {name.replace('_', ' ')}",

@@ -141,6 +141,9 @@ class MetricsTests(TestCase):
         self.assertGreater(during["wcsgw_media_drains_total"], 0)
         self.assertIn("wcsgw_transcode_gate_waits_total", during)
         self.assertEqual(during["wcsgw_transcode_gate_skips_total"], 0)  # one call: never behind
+        # the AAC came back with the media reads (transcode_results_with_reads), not in turns of its own
+        self.assertGreater(during["wcsgw_transcode_results_waited_total"],
+                           before.get("wcsgw_transcode_results_waited_total", 0))
         for phase in ("read", "deliver", "send"):
             key = f'wcsgw_media_cpu_seconds_total{{phase="{phase}"}}'
             self.assertGreater(during[key], before.get(key, 0.0))
