@@ -204,8 +204,9 @@ class GatewayService(service.MultiService):
 
     def _after_drain(self) -> None:
         """At the end of each timed media drain, in its reactor turn: what would otherwise wake the reactor for
-        a turn of its own right after it.  The lag sample; the RTMP writes the drain queued (``WriteBatch``'s
-        ``callLater(0)``); the transcoding pool's batch, when its timer would fire before the next drain (with
+        a turn of its own right after it.  The lag sample; the transcoding results that waited for a drain
+        (``transcode_results_with_reads``), first, so that they go with the writes; the RTMP writes the drain queued
+        (``WriteBatch``'s ``callLater(0)``); the transcoding pool's batch, when its timer would fire before the next drain (with
         ``transcode_batch_ms`` up to the read interval, every batch is one drain's work anyway)."""
         sockets = self.media_sockets
         assert sockets is not None
