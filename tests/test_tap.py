@@ -44,6 +44,19 @@ class MemoryReactorUdp(MemoryReactorClock):
         return _UdpPort(port)
 
 
+class RecordingConnection:
+    """An RTMP connection for ``WriteBatch``: its send says "sent" in ``events``."""
+
+    transport = None
+    _held = None
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def _send_queued(self) -> None:
+        self.events.append("sent")
+
+
 def parse(*args: str) -> config.Settings:
     options = Options()
     options.parseOptions(list(args))
@@ -238,15 +251,8 @@ class ServiceTests(SynchronousTestCase):
         self.assertFalse(service.lag._loop.running)
         events: list[str] = []
 
-        class Connection:
-            transport = None
-            _held = None
-
-            def _send_queued(self) -> None:
-                events.append("sent")
-
         def work_of_the_drain() -> None:  # runs first among the hooks: as if the drain's deliveries did it
-            service.rtmp_writes.add(Connection())  # type: ignore[arg-type]
+            service.rtmp_writes.add(RecordingConnection(events))  # type: ignore[arg-type]
             service.pool._put(0, (None, None))
             events.append("queued")
 
@@ -281,19 +287,12 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(service.pool._collecting, enabled)
             events: list[str] = []
 
-            class Connection:
-                transport = None
-                _held = None
-
-                def _send_queued(self) -> None:
-                    events.append("sent")
-
             class Lane:
                 def _deliver(self, results: list[str]) -> None:
                     events.extend(results)
 
             def work_of_the_drain() -> None:  # as if the drain's deliveries queued a write
-                service.rtmp_writes.add(Connection())  # type: ignore[arg-type]
+                service.rtmp_writes.add(RecordingConnection(events))  # type: ignore[arg-type]
 
             sockets.after_drain.insert(0, work_of_the_drain)
             service.pool._collected.append((Lane(), ["aac"]))  # type: ignore[arg-type]
