@@ -16,7 +16,7 @@ from wcsgw.rtp.dtmf import TelephoneEvent
 from wcsgw.rtp.packet import RtpPacket
 from wcsgw.rtp.session import MediaStreamSession
 
-from .test_rtp_session import PUBLIC, audio_params, load_fixture, make, video_params
+from .test_rtp_session import PUBLIC, audio_params, load_fixture, make, rtp, video_params
 
 STRANGER = ("198.51.100.9", 5004)
 
@@ -235,3 +235,106 @@ class AudioTests(EquivalenceMixin, SynchronousTestCase):
         datagrams = [(bytes(p), PUBLIC) for p in packets]
         slow = self.check(lambda: make(audio_params(direction="sendonly")), datagrams, 4)
         self.assertEqual(slow, len(datagrams))
+
+
+class SampledArrivalTests(SynchronousTestCase):
+    """Audio read with the kernel's receive time of the first datagram of each read only, the others arriving as
+    None (``MediaSockets.bind(stamp_each=False)``): each takes its arrival from the last stamped packet's and the
+    media time between their RTP timestamps (kept between that packet's arrival and the read), and the
+    interarrival jitter comes from the stamped packets alone, on the fast path and the full path alike."""
+
+    RATE = 8000
+    STEP = 160  # PCMU, 20 ms
+
+    def packets(self, count: int, step: int = STEP) -> list[bytes]:
+        return [rtp(1000 + i, 5000 + step * i) for i in range(count)]
+
+    def feed(self, session: MediaStreamSession, packets: list[bytes], per_read: int,
+             late: Any = lambda read: 0.0) -> list[Any]:
+        """Read ``packets`` ``per_read`` at a time, the first of each read stamped when it was sent (the packets
+        go 20 ms apart from 100 s on) plus ``late(read)``, the read 5 ms after its last packet; the events."""
+        events: list[Any] = []
+        for read, start in enumerate(range(0, len(packets), per_read)):
+            batch = packets[start:start + per_read]
+            first = 100.0 + start * 0.02 + late(read)
+            now = 100.0 + (start + len(batch) - 1) * 0.02 + 0.005
+            datagrams = [(data, PUBLIC, first if n == 0 else None) for n, data in enumerate(batch)]
+            self.assertEqual(session.receive_rtp_many(datagrams, now), 0)
+            events += session.events()
+        return events
+
+    def test_arrivals_follow_the_stamped_packet_by_their_timestamps(self) -> None:
+        session = make(audio_params())
+        events = self.feed(session, self.packets(65), 13)
+        arrivals = [event.arrival for event in events if type(event).__name__ == "AudioFrame"]
+        self.assertEqual(len(arrivals), 65)
+        for index, arrival in enumerate(arrivals):
+            first = index - index % 13
+            self.assertAlmostEqual(arrival, 100.0 + first * 0.02 + (index - first) * self.STEP / self.RATE, 9)
+        # all but the first of each read took the fast path
+        self.assertEqual(session.counters.rtp_accepted, 65)
+
+    def test_an_arrival_stays_between_the_stamped_packets_and_the_read(self) -> None:
+        """Timestamps that run ahead of the clock put the arrival at the read's time, timestamps behind the
+        stamped packet's (a far end that steps back) at that packet's."""
+        session = make(audio_params())
+        fast = self.packets(10, step=4 * self.STEP)  # 80 ms of media per 20 ms packet
+        events = self.feed(session, fast, 10)
+        now = 100.0 + 9 * 0.02 + 0.005
+        self.assertEqual([e.arrival for e in events][-3:], [now] * 3)
+        session = make(audio_params())
+        back = [rtp(1000 + i, 900000 - self.STEP * i) for i in range(10)]
+        events = self.feed(session, back, 10, late=lambda read: 0.05)
+        self.assertEqual([e.arrival for e in events], [100.05] * 10)
+
+    def _expected_jitter(self, stamped: list[tuple[float, int]]) -> float:
+        """RFC 3550 A.8 over ``stamped`` (arrival, timestamp) alone."""
+        jitter, previous = 0.0, None
+        for arrival, timestamp in stamped:
+            transit = int(arrival * self.RATE) - timestamp
+            if previous is not None:
+                jitter += (abs(transit - previous) - jitter) / 16.0
+            previous = transit
+        return jitter
+
+    def test_the_jitter_comes_from_the_stamped_packets_alone(self) -> None:
+        """Every other read's stamped packet 4 ms late: the jitter is A.8's over those packets, on the fast path
+        (clean reads) and the full path (a read that lost a packet: the one after the gap is estimated there)."""
+        packets = self.packets(13 * 40)
+
+        def late(read: int) -> float:
+            return 0.004 * (read % 2)
+
+        for lose in (False, True):
+            session = make(audio_params())
+            fed = [p for i, p in enumerate(packets) if not (lose and i % 13 == 6)]
+            self.feed(session, fed, 13, late)
+            stamped = [(100.0 + start * 0.02 + late(read), 5000 + self.STEP * start)
+                       for read, start in enumerate(range(0, len(fed), 13))]
+            if lose:  # the packets' own numbers: after a loss the reads start elsewhere in the stream
+                stamped = []
+                for read, start in enumerate(range(0, len(fed), 13)):
+                    number = int.from_bytes(fed[start][2:4], "big") - 1000
+                    stamped.append((100.0 + start * 0.02 + late(read), 5000 + self.STEP * number))
+            stats = session.stats[0x5555]
+            self.assertAlmostEqual(stats.jitter, self._expected_jitter(stamped), 6)
+            self.assertGreater(stats.jitter, 10.0)  # about 32 units (4 ms) between every two stamped packets
+            self.assertEqual(stats.received, len(fed))
+
+    def test_without_any_stamped_packet_an_arrival_is_the_reads(self) -> None:
+        session = make(audio_params())
+        datagrams = [(data, PUBLIC, None) for data in self.packets(5)]
+        session.receive_rtp_many(datagrams, 42.0)
+        self.assertEqual({e.arrival for e in session.events()}, {42.0})
+
+    def test_the_full_path_takes_an_arrival_from_the_stamped_packet(self) -> None:
+        """A packet after a gap (the full path) arrives as the fast path would have it."""
+        session = make(audio_params())
+        packets = self.packets(10)
+        session.receive_rtp_many([(packets[0], PUBLIC, 100.0), (packets[1], PUBLIC, None),
+                                  (packets[5], PUBLIC, None)], 101.0)
+        arrivals = [e.arrival for e in session.events()]
+        self.assertEqual(arrivals[-1], 100.0 + 5 * self.STEP / self.RATE)
+        # RTCP (rtcp-mux) or a runt is not RTP: no estimate from it
+        self.assertIsNone(session._estimated_arrival(b"\x80\xc8" + bytes(26), 101.0))
+        self.assertIsNone(session._estimated_arrival(b"\x80\x00\x00", 101.0))

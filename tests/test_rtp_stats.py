@@ -163,3 +163,29 @@ class InOrderRunTests(SynchronousTestCase):
         for name in ("jitter", "received", "expected", "lost", "octets", "extended_highest_sequence",
                      "last_arrival", "received_since_report"):
             self.assertEqual(getattr(run, name), getattr(one, name), name)
+
+    def test_an_arrival_not_measured_gives_the_jitter_no_sample(self) -> None:
+        """``on_packet(jitter=False)`` and a list entry of a run count the packet and give the jitter no sample:
+        the next measured packet's D is from the last measured one, as if the others had not come."""
+        measured, one, run = (ReceiverStats(42, 8000) for _ in range(3))
+        for stats in (measured, one, run):
+            stats.on_packet(pkt(10, 1000), 5.0)
+        # 20 ms packets; the measured ones (every fourth) 3 ms late every other time
+        packets = [(11 + n, 1000 + 160 * (n + 1), 5.0 + 0.02 * (n + 1) + (0.003 if n % 8 == 3 else 0.0))
+                   for n in range(25)]
+        entries: list[tuple[float, int] | list[float]] = []
+        for n, (seq, timestamp, arrival) in enumerate(packets):
+            if n % 4 == 3:
+                measured.on_packet(pkt(seq, timestamp), arrival)
+                entries.append((arrival, timestamp))
+                one.on_packet(pkt(seq, timestamp), arrival)
+            else:
+                entries.append([arrival + 0.5, timestamp])  # the arrival given is not used for the jitter
+                one.on_packet(pkt(seq, timestamp), arrival + 0.5, jitter=False)
+        run.on_packets_in_order(entries, 160 * len(entries))
+        self.assertGreater(measured.jitter, 1.0)
+        for stats in (one, run):
+            self.assertEqual(stats.jitter, measured.jitter)
+            self.assertEqual(stats.received, 26)
+            self.assertEqual(stats.extended_highest_sequence, 35)
+            self.assertEqual(stats.last_arrival, 5.0 + 0.02 * 25 + 0.5)

@@ -295,6 +295,36 @@ class IntervalTests(TestCase):
         self.assertLessEqual(stamped.arrivals[1], between + 0.001)  # kernel microseconds against time.time()
         self.assertGreaterEqual(plain.arrivals[0], between)
 
+    @inlineCallbacks
+    def test_a_socket_may_stamp_only_the_first_datagram_of_each_read(self) -> Any:
+        """``bind(stamp_each=False)``: of what a read finds, the first datagram arrives at the kernel's time and
+        the others as None (read with ``recv``), but for one that looks like RTCP, which gets its own time
+        (``SIOCGSTAMP``); sockets stamp each datagram by default."""
+        self.assertTrue(self.sockets.bind(0, Recorder(), LOCAL).stamp_each)
+        recorder = Stamped()
+        media = self.sockets.bind(0, recorder, LOCAL, hold=0.3, stamp_each=False)  # held: one read takes all
+        self.assertEqual((media.stamped, media.stamp_each), (True, False))
+        self.peer.sendto(b"first", (LOCAL, media.getHost().port))  # (time stamping comes on: see above)
+        yield wait_for(lambda: len(recorder.datagrams) == 1, what="the first datagram")
+        del recorder.datagrams[:], recorder.arrivals[:], recorder.batches[:]
+        rtcp = b"\x80\xc8\x00\x06" + bytes(24)  # a sender report (rtcp-mux)
+        sent = []
+        for data in (b"\x80\x00a", b"\x80\x00b", rtcp, b"\x80\x00c"):
+            sent.append(time.time())
+            self.peer.sendto(data, (LOCAL, media.getHost().port))
+        yield wait_for(lambda: len(recorder.datagrams) == 4, what="4 datagrams")
+        delivered = time.time()
+        self.assertEqual(recorder.batches, [4])
+        self.assertEqual([d for d, _ in recorder.datagrams], [b"\x80\x00a", b"\x80\x00b", rtcp, b"\x80\x00c"])
+        first, second, report, last = recorder.arrivals
+        self.assertIsNone(second)
+        self.assertIsNone(last)
+        for arrival, when in ((first, sent[0]), (report, sent[2])):
+            assert arrival is not None
+            self.assertGreaterEqual(arrival, when - 0.001)  # kernel microseconds against time.time()
+            self.assertLessEqual(arrival, delivered)
+        self.assertLessEqual(first, report)
+
     def test_the_timer_stops_with_the_last_socket(self) -> None:
         """The drain timer runs only while a socket is bound."""
         media = self.sockets.bind(0, Recorder(), LOCAL)

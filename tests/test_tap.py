@@ -223,13 +223,17 @@ class ServiceTests(SynchronousTestCase):
 
     def test_kernel_timestamps_stamp_the_sockets_of_the_media_asked_for(self) -> None:
         """``media_kernel_timestamps``: audio (the default) stamps each call's audio RTP and RTCP sockets with
-        the kernel's receive times and not its video's; true, every socket; false, none."""
-        for stamps, kinds in ((None, {"audio"}), ("audio", {"audio"}), ("true", {"audio", "video"}),
-                              ("false", set())):
+        the kernel's receive times and not its video's, the audio RTP socket's first datagram of each read only;
+        audio-each, every audio datagram; true, every datagram of every socket; false, none."""
+        for stamps, kinds, sampled in ((None, {"audio"}, True), ("audio", {"audio"}, True),
+                                       ("audio-each", {"audio"}, False), ("true", {"audio", "video"}, False),
+                                       ("false", set(), False)):
             overrides = {} if stamps is None else {"media_kernel_timestamps": stamps}
-            stamped = {key: (port.stamped, port.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP))
+            stamped = {key: (port.stamped, port.socket.getsockopt(socket.SOL_SOCKET, udp.SO_TIMESTAMP),
+                             port.stamp_each)
                        for key, port in self._call_ports(overrides).items()}
-            self.assertEqual(stamped, {(kind, channel): (kind in kinds, int(kind in kinds))
+            self.assertEqual(stamped, {(kind, channel): (kind in kinds, int(kind in kinds),
+                                                         not (sampled and (kind, channel) == ("audio", "rtp")))
                                        for kind in ("audio", "video") for channel in ("rtp", "rtcp")}, stamps)
 
     def test_the_media_drains_carry_the_lag_sample_the_rtmp_sends_and_the_transcoding_batch(self) -> None:

@@ -315,11 +315,12 @@ class CallMedia:
         try:
             for kind in KINDS:
                 hold = backend.settings.media_audio_batch_ms / 1000.0 if kind == "audio" else 0.0
-                stamped = stamps == "true" or (stamps == "audio" and kind == "audio")
+                stamped = stamps == "true" or (stamps in ("audio", "audio-each") and kind == "audio")
                 protocol = MediaStreamProtocol(backend.reactor, None, functools.partial(self._event, kind),
                                                sockets=backend.media_sockets, rtp_hold=hold,
                                                kernel_timestamps=stamped,
-                                               on_events=functools.partial(self._events, kind))
+                                               on_events=functools.partial(self._events, kind),
+                                               rtp_stamp_each=not (stamps == "audio" and kind == "audio"))
                 self.ports[kind] = protocol.listen_allocated(backend.allocator, interface=backend.settings.ip_local)
                 self.protocols[kind] = protocol
                 transport = protocol.rtp_protocol.transport

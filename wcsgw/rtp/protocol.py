@@ -61,11 +61,13 @@ class MediaStreamProtocol:
         rtp_hold: float = 0.0,
         kernel_timestamps: bool | None = None,
         on_events: Callable[[list[MediaEvent]], None] | None = None,
+        rtp_stamp_each: bool = True,
     ) -> None:
         """``sockets``: bind through this ``MediaSockets`` (one reactor reader for all media sockets) instead of
         ``reactor.listenUDP``; ``rtp_hold``: the RTP socket's ``hold`` there (seconds RTP may wait to be
         delivered in larger batches, see ``MediaSockets.bind``); ``kernel_timestamps``: both sockets' there
-        (None: the ``MediaSockets``' own).
+        (None: the ``MediaSockets``' own); ``rtp_stamp_each`` false: the RTP socket's first datagram of each read
+        only (``stamp_each`` there; the session takes the others' arrival from it).
 
         ``on_events``, when given, takes the events of each delivery (or timer) together, in order, in place of
         ``on_event`` one by one: a frame per audio packet, and each call on its way costs (the gateway's calls hand
@@ -75,6 +77,7 @@ class MediaStreamProtocol:
         self._sockets = sockets
         self._rtp_hold = rtp_hold
         self._kernel_timestamps = kernel_timestamps
+        self._rtp_stamp_each = rtp_stamp_each
         self.session = session
         self.on_event = on_event
         self.on_events = on_events
@@ -114,7 +117,8 @@ class MediaStreamProtocol:
         if self._sockets is not None:
             return self._sockets.bind(port, protocol, interface,
                                       hold=self._rtp_hold if protocol is self.rtp_protocol else 0.0,
-                                      kernel_timestamps=self._kernel_timestamps)
+                                      kernel_timestamps=self._kernel_timestamps,
+                                      stamp_each=self._rtp_stamp_each or protocol is not self.rtp_protocol)
         return self.reactor.listenUDP(port, protocol, interface=interface)
 
     def listen_allocated(self, allocator: PortAllocator, interface: str = "", rtcp: bool = True) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from .packet import (
     RTP_TIMESTAMP_MOD,
     RtpPacket,
     TimestampUnwrapper,
+    is_rtcp,
 )
 from .params import (
     AUDIO,
@@ -91,6 +92,7 @@ log = Logger()
 COMFORT_NOISE_PT = 13
 # the fixed header: V/P/X/CC and M/PT as one number, sequence number, timestamp, SSRC
 _RTP_WORDS = struct.Struct("!HHII")
+_RTP_TIMESTAMP = struct.Struct("!I")
 _MAX_STATS = 8
 _MAX_RUN = 1000  # fast-path packets kept before the statistics are brought up to date anyway
 
@@ -111,7 +113,7 @@ class MediaStreamSession:
         '_dtmf_timestamp', '_dtmf_next_start', '_dtmf_last_end', '_last_rtp', '_inactivity_reported',
         '_next_keepalive', 'deadlines_unchanged', '_run', '_run_next', '_run_octets', '_rtp_latch', '_rtcp_latch',
         '_srtp', '_buffer', '_depacketizer', '_buffer_seen', '_unwrapper', '_video_started', '_broken_seen',
-        '_silence', '_receives', '_telephone_event_pt', '_accepted_types', '__dict__',
+        '_silence', '_receives', '_telephone_event_pt', '_accepted_types', '_arrival_base', '__dict__',
     )
 
     def __init__(
@@ -162,9 +164,12 @@ class MediaStreamSession:
         # set by receive_rtp_many: True when that batch moved no deadline of get_timer() earlier
         self.deadlines_unchanged = False
         # the fast path's packets not yet in the statistics and the jitter buffer (see _receive_in_order)
-        self._run: list[tuple[float, int]] = []
+        self._run: list[tuple[float, int] | list[float]] = []
         self._run_next = 0  # the sequence number that continues the run
         self._run_octets = 0
+        # (arrival, RTP timestamp) of the last RTP packet that came with its arrival time: what a packet read
+        # after it without one (arrival None, see receive_rtp_many) takes its arrival from
+        self._arrival_base: tuple[float, int] | None = None
         self._apply_params(params, now, first=True)
 
     # --- configuration ----------------------------------------------------------------------------------------
@@ -336,8 +341,14 @@ class MediaStreamSession:
     # --- receiving RTP ----------------------------------------------------------------------------------------
 
     def receive_rtp_many(self, datagrams: list[tuple[bytes, Address, float | None]], now: float) -> int:
-        """``receive_rtp`` for each ``(data, addr, arrival)`` in turn (``arrival`` None: ``now``); return how many
-        raised (each is logged; the others are served).
+        """``receive_rtp`` for each ``(data, addr, arrival)`` in turn; return how many raised (each is logged; the
+        others are served).
+
+        ``arrival`` None: the packet was read after the last one that came with its arrival (its socket's reads
+        stamp only the first datagram of each, see `wcsgw.rtp.udp.MediaSockets.bind`), and it arrived when that
+        one did plus the media time between their RTP timestamps (``_estimated_arrival``), at or after that one
+        and not after ``now`` (``now`` itself when none came with its arrival yet).  Such a packet gives the
+        interarrival jitter no sample: it is taken from the packets that came with their times only.
 
         Runs of packets that simply continue the stream (the latched source, no SRTP, a plain header with the
         media's payload type, the SSRC in force and the next sequence number, nothing held in the jitter buffer)
@@ -355,7 +366,16 @@ class MediaStreamSession:
                 data, addr, arrival = datagrams[index]
                 index += 1
                 try:
-                    self.receive_rtp(data, addr, now if arrival is None else arrival)
+                    if arrival is None:
+                        estimated = self._estimated_arrival(data, now)
+                        if estimated is None:
+                            self.receive_rtp(data, addr, now)
+                        else:
+                            self.receive_rtp(data, addr, estimated, estimated=True)
+                    else:
+                        if len(data) >= 12 and not is_rtcp(data):
+                            self._arrival_base = (arrival, _RTP_TIMESTAMP.unpack_from(data, 4)[0])
+                        self.receive_rtp(data, addr, arrival)
                 except Exception:
                     failed += 1
                     log.failure("media RTP datagram from {addr} failed", addr=addr)
@@ -407,6 +427,7 @@ class MediaStreamSession:
                 unwrapper = self._unwrapper
                 last, extended = unwrapper._last, unwrapper._extended  # TimestampUnwrapper.unwrap, written out
                 frames = 0
+                base = self._arrival_base
                 try:
                     while position < end:
                         data, addr, arrival = datagrams[position]
@@ -418,8 +439,22 @@ class MediaStreamSession:
                         position += 1
                         expected = (sequence + 1) & 0xFFFF
                         if arrival is None:
-                            arrival = now
-                        append((arrival, timestamp))
+                            if base is None:
+                                arrival = now
+                                append((arrival, timestamp))
+                            else:  # _estimated_arrival, written out; a list: no jitter sample (see stats)
+                                delta = (timestamp - base[1]) % RTP_TIMESTAMP_MOD
+                                if delta >= RTP_TIMESTAMP_HALF:
+                                    delta -= RTP_TIMESTAMP_MOD
+                                arrival = base[0] + delta / self.params.clock_rate
+                                if arrival > now:
+                                    arrival = now
+                                elif arrival < base[0]:
+                                    arrival = base[0]
+                                append([arrival, timestamp])
+                        else:
+                            base = (arrival, timestamp)
+                            append(base)
                         payload = data[12:]
                         octets += len(payload)
                         if last is None:
@@ -433,6 +468,7 @@ class MediaStreamSession:
                 finally:
                     unwrapper._last, unwrapper._extended = last, extended
                     counters.frames += frames
+                    self._arrival_base = base
             else:
                 push = depacketizer.push_payload
                 h264 = type(depacketizer) is H264Depacketizer
@@ -513,6 +549,18 @@ class MediaStreamSession:
                 self._sync()
         return position, raised
 
+    def _estimated_arrival(self, data: bytes, now: float) -> float | None:
+        """The arrival of an RTP packet read without its own after ``_arrival_base``'s (see ``receive_rtp_many``):
+        that one's plus the media time between their RTP timestamps, kept between that one's and ``now``; None
+        without a base, or for what is not an RTP header (RTCP, a runt)."""
+        base = self._arrival_base
+        if base is None or len(data) < 12 or is_rtcp(data):
+            return None
+        delta = (_RTP_TIMESTAMP.unpack_from(data, 4)[0] - base[1]) % RTP_TIMESTAMP_MOD
+        if delta >= RTP_TIMESTAMP_HALF:
+            delta -= RTP_TIMESTAMP_MOD
+        return min(now, max(base[0], base[0] + delta / self.params.clock_rate))
+
     def _sync(self) -> None:
         """Bring the statistics and the jitter buffer up to date with the packets of the fast path's run."""
         run = self._run
@@ -524,8 +572,10 @@ class MediaStreamSession:
             self._buffer.took_in_order(len(run), run[-1][1])
             self._run_octets = 0
 
-    def receive_rtp(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_rtp(self, data: bytes, addr: Address, now: float, estimated: bool = False) -> None:
         """A datagram from the RTP socket (RTCP too with rtcp-mux); ``addr`` is a ``(host, port)`` tuple.
+        ``estimated``: ``now``, its arrival, was taken from another packet's (see ``receive_rtp_many``), and gives
+        the interarrival jitter no sample.
 
         This runs for every packet: attributes are read once into locals, and the usual case (the latched
         source, no SRTP, the next packet in order) takes no detour."""
@@ -570,7 +620,7 @@ class MediaStreamSession:
         self._inactivity_reported = False
         ssrc = packet.ssrc
         stats = self._last_stats if ssrc == self._last_ssrc else self._stats_for(ssrc)
-        stats.on_packet(packet, now)  # type: ignore[union-attr]
+        stats.on_packet(packet, now, jitter=not estimated)  # type: ignore[union-attr]
 
         buffer = self._buffer
         if payload_type == self._telephone_event_pt and buffer.ssrc is not None and ssrc != buffer.ssrc:

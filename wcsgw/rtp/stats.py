@@ -85,8 +85,10 @@ class ReceiverStats:
         """Count packets that arrived after the jitter buffer had released past them."""
         self.late += count
 
-    def on_packet(self, packet: RtpPacket, arrival: float) -> None:
-        """Account one received packet (A.1 sequence tracking, A.8 jitter, our duplicate/reorder counters)."""
+    def on_packet(self, packet: RtpPacket, arrival: float, jitter: bool = True) -> None:
+        """Account one received packet (A.1 sequence tracking, A.8 jitter, our duplicate/reorder counters).
+        ``jitter`` false: ``arrival`` was not measured (taken from another packet's) and gives the jitter no
+        sample."""
         seq = packet.sequence_number
         self.last_arrival = arrival
         if not self._started:
@@ -130,6 +132,8 @@ class ReceiverStats:
         self._received_since_report += 1
         self.octets += len(packet.payload)
         # interarrival jitter (A.8), inline: this runs for every packet
+        if not jitter:
+            return
         transit = int(arrival * self.clock_rate) - packet.timestamp
         if self._transit is not None:
             d = (transit - self._transit) % RTP_TIMESTAMP_MOD  # modulo 2**32: a timestamp wrap is not a jump
@@ -145,12 +149,14 @@ class ReceiverStats:
             return None
         return (self._max_seq + 1) % RTP_SEQ_MOD
 
-    def on_packets_in_order(self, packets: list[tuple[float, int]], octets: int) -> None:
+    def on_packets_in_order(self, packets: list[tuple[float, int] | list[float]], octets: int) -> None:
         """Account packets each of which followed the one before in sequence, the first one ``next_in_order()``,
         given as ``(arrival, timestamp)`` with ``octets`` of payload in all: what ``on_packet`` does for each of
         them, in one call (the session's fast path for runs of in-order packets).  An entry that is the entry
         before it again (the same object) is a packet with the arrival and timestamp of the one before: its
-        transit time is that one's (D = 0), which takes no arithmetic but the jitter's decay."""
+        transit time is that one's (D = 0), which takes no arithmetic but the jitter's decay.  An entry that is a
+        list, ``[arrival, timestamp]``, is a packet whose arrival was not measured (``on_packet`` with ``jitter``
+        false): it gives the jitter no sample, and the next measured one's D is from the last measured one."""
         count = len(packets)
         if not count:
             return
@@ -164,6 +170,8 @@ class ReceiverStats:
                 jitter += -jitter / 16.0  # (D - jitter) / 16 with D = 0
                 continue
             entry_before = entry
+            if entry.__class__ is list:  # an arrival not measured: no sample
+                continue
             arrival, timestamp = entry
             transit = int(arrival * rate) - timestamp
             d = transit - previous

@@ -26,7 +26,8 @@ busy with when the timer is due).  Their arrival time is the drain's (``recvfrom
 ``interval`` later than the kernel's receive time, unless ``kernel_timestamps`` (for every socket, or per
 socket at ``bind``) asks for the kernel's (``SO_TIMESTAMP`` with ``recvmsg``: exact jitter statistics and
 latency histograms, for 2 to 4 us more per datagram: ``recvmsg`` alone took 3.3 to 4.3 us where ``recv`` took
-1.8 to 2.0, and in the gateway about 4.3 us more at 30 calls).
+1.8 to 2.0, and in the gateway about 4.3 us more at 30 calls), for each datagram or (``stamp_each`` false) for the
+first of each read only, whose RTP session takes the others' from it and their RTP timestamps.
 
 A protocol that has latched its far end (symmetric RTP) can ``connect_peer`` its socket to it: the kernel then
 delivers only that source's datagrams, and they are read with ``recv``, without an address to build (at 50 calls
@@ -66,6 +67,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import heapq
 import itertools
 import math
@@ -86,6 +88,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wcsgw.media.worker import holding_if_free
+from wcsgw.rtp.packet import RTCP_MUX_FIRST_SECOND_BYTE, RTCP_MUX_LAST_SECOND_BYTE
 
 log = Logger()
 
@@ -93,6 +96,17 @@ MAX_DATAGRAM = 65535
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux: a struct timeval with each datagram
 _TIMEVAL = struct.Struct("@ll")
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMEVAL.size)
+SIOCGSTAMP = 0x8906  # Linux: the struct timeval of the last datagram read from the socket
+_NO_STAMP = bytes(_TIMEVAL.size)
+
+
+def _last_stamp(sock: socket.socket, default: float) -> float:
+    """The kernel's receive time of the datagram just read from ``sock`` (``SIOCGSTAMP``), or ``default``."""
+    try:
+        seconds, micros = _TIMEVAL.unpack(fcntl.ioctl(sock.fileno(), SIOCGSTAMP, _NO_STAMP))
+    except OSError:
+        return default
+    return seconds + micros * 1e-6
 _IGNORED_RECV_ERRORS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
 
 
@@ -136,7 +150,8 @@ class MediaSocket:
         # Its protocol sets it as it takes a delivery: the drains read the socket at the first drain at or after
         # it (and at least every MediaSockets.MAX_HOLD), instead of every hold (see MediaSockets.bind).
         self.wanted_at: float | None = None
-        self.stamped = False  # read with the kernel's receive time of each datagram (see MediaSockets.bind)
+        self.stamped = False  # read with the kernel's receive times (see MediaSockets.bind)
+        self.stamp_each = True  # stamped: every datagram read; False: the first of each read (see MediaSockets.bind)
 
     def _one_by_one(self, datagrams: list[tuple[bytes, Any, float]]) -> None:
         for data, addr, _arrival in datagrams:
@@ -331,11 +346,16 @@ class MediaSockets:
         return len(self._sockets)
 
     def bind(self, port: int, protocol: Any, interface: str = "", hold: float = 0.0,
-             kernel_timestamps: bool | None = None) -> MediaSocket:
+             kernel_timestamps: bool | None = None, stamp_each: bool = True) -> MediaSocket:
         """Bind a UDP socket to ``interface``:``port`` for ``protocol`` (a ``DatagramProtocol``).
 
         ``kernel_timestamps`` (only with an ``interval``; None: the ``MediaSockets``' own): this socket's
-        datagrams arrive at the kernel's receive time rather than their drain's.
+        datagrams arrive at the kernel's receive time rather than their drain's.  Without ``stamp_each`` only the
+        first datagram of each read has it (``recvmsg``), and the others, read with ``recv``, arrive as None,
+        which an RTP session takes from the first's time and their RTP timestamps (see
+        `wcsgw.rtp.session.MediaStreamSession.receive_rtp_many`); one of them that looks like RTCP (rtcp-mux) gets
+        its kernel time from ``SIOCGSTAMP``.  For a held socket (audio) that reads many datagrams at a time: a
+        ``recvmsg`` costs about two ``recv``.
 
         ``hold`` (seconds; only with an ``interval``): the drains read this socket only once ``hold`` and half an
         interval have passed since they last did, and its datagrams wait in the kernel meanwhile: fewer, larger
@@ -365,6 +385,7 @@ class MediaSockets:
         media = MediaSocket(self, sock, protocol)
         media.hold = hold if self.interval else 0.0  # drains whenever readable have no timer to wait for
         media.stamped = stamped
+        media.stamp_each = stamp_each
         self._sockets[media.fileno] = media
         self._epoll.register(media.fileno, select.EPOLLIN)
         protocol.makeConnection(media)
@@ -600,16 +621,19 @@ class MediaSockets:
         self.datagrams += self._max_batch - budget
         return reading
 
-    def _read_socket(self, media: MediaSocket, now: float, limit: int) -> list[tuple[bytes, Any, float]]:
+    def _read_socket(self, media: MediaSocket, now: float, limit: int) -> list[tuple[bytes, Any, float | None]]:
         """Up to ``limit`` datagrams of ``media`` as ``(data, addr, arrival)``.  ``now``: the arrival time of what
-        is read, unless stamped.  A connected socket that is emptied here takes only its peer's datagrams from
-        now on (read without an address): this read began after the connect, so nothing queued before is left."""
-        datagrams: list[tuple[bytes, Any, float]] = []
+        is read, unless stamped (without ``stamp_each``, the datagrams after the first arrive as None but for one
+        that looks like RTCP: see ``bind``).  A connected socket that is emptied here takes only its peer's
+        datagrams from now on (read without an address): this read began after the connect, so nothing queued
+        before is left."""
+        datagrams: list[tuple[bytes, Any, float | None]] = []
         append = datagrams.append
         sock = media.socket
         stamped = media.stamped
+        sampled = False  # the first datagram was stamped, the others are not
         peer = media.peer  # connected: only the peer's datagrams come, read without an address
-        arrival = now
+        arrival: float | None = now
         for _ in range(limit):
             try:
                 if stamped:
@@ -622,6 +646,12 @@ class MediaSockets:
                         arrival = now
                     if len(addr) > 2:
                         addr = addr[:2]
+                    if not media.stamp_each:
+                        stamped = False
+                        sampled = True
+                        append((data, addr, arrival))
+                        arrival = None
+                        continue
                 elif peer is not None:
                     data = sock.recv(MAX_DATAGRAM)
                     addr = peer
@@ -639,6 +669,9 @@ class MediaSockets:
                 self.receive_errors += 1
                 log.warn("media socket {port}: {error}", port=media._host[1], error=exc)
                 return datagrams
+            if sampled and len(data) > 1 and RTCP_MUX_FIRST_SECOND_BYTE <= data[1] <= RTCP_MUX_LAST_SECOND_BYTE:
+                append((data, addr, _last_stamp(sock, now)))  # RTCP (rtcp-mux): its own time, for LSR/DLSR
+                continue
             append((data, addr, arrival))
         return datagrams
 
