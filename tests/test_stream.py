@@ -163,6 +163,23 @@ class PromptTests(TestCase):
         yield stream.stop()
 
 
+class DestinationOptionsTests(TestCase):
+    def test_destinations_send_with_the_chunk_size_of_the_options(self) -> None:
+        """Each destination's publisher gets ``rtmp_chunk_size`` (65536 unless told: a frame in one chunk)."""
+        for options, size in ((StreamOptions(), 65536), (StreamOptions(rtmp_chunk_size=4096), 4096)):
+            publishers: list[FakePublisher] = []
+
+            def factory(*args: Any, **kw: Any) -> FakePublisher:
+                publishers.append(FakePublisher(*args, **kw))
+                return publishers[-1]
+
+            stream = CallStream(reactor, "s-chunk", options, audio=None, video=VIDEO_H264,
+                                request_keyframe=lambda: None, publisher_factory=factory)
+            stream.add_destination("a", "rtmp://127.0.0.1/live", "x", lambda *a: None)
+            stream.add_destination("b", "rtmp://127.0.0.1/live", "y", lambda *a: None)
+            self.assertEqual([p.kw["chunk_size"] for p in publishers], [size, size])
+
+
 class AacTranscodeTests(TestCase):
     timeout = 60
 

@@ -213,6 +213,18 @@ class ServiceTests(SynchronousTestCase):
         return {(kind, channel): port for kind, protocol in media.protocols.items()
                 for channel, port in protocol._ports.items()}
 
+    def test_rtmp_chunk_size_reaches_the_streams(self) -> None:
+        """``rtmp_chunk_size`` (65536 by default) is what every call's RTMP destinations send with."""
+        for overrides, size in (({}, 65536), ({"rtmp_chunk_size": 4096}, 4096)):
+            service = GatewayService(MemoryReactorUdp(), config.build_settings(
+                {"state_dir": self.mktemp(), "ip_local": "127.0.0.1", **overrides}))
+            if service.media_sockets is not None:
+                self.addCleanup(service.media_sockets.close)
+            self.assertEqual(service.backend.stream_options.rtmp_chunk_size, size)
+        for text in ("rtmp_chunk_size=65537", "rtmp_chunk_size=127"):
+            with self.assertRaises(config.ConfigError):
+                config.read_properties(text, "wcsgw.properties")
+
     def test_audio_rtp_is_held_for_media_audio_batch_ms(self) -> None:
         """``media_audio_batch_ms`` is the ``hold`` of each call's audio RTP socket; video RTP and every RTCP
         socket deliver at each read; 0: audio too."""

@@ -203,6 +203,7 @@ class GatewayBackend:
             aac_frames_per_job=settings.aac_frames_per_job,
             video_bitrate=settings.video_bitrate,
             reconnect_delays=settings.rtmp_reconnect_delays,
+            rtmp_chunk_size=settings.rtmp_chunk_size,
         )
         self.publisher_factory = publisher_factory
         self.pool = pool

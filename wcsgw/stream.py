@@ -77,6 +77,7 @@ class StreamOptions:
     keyframe_interval_s: float = 2.0
     worker_queue: int = 50
     reconnect_delays: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 15.0)
+    rtmp_chunk_size: int = 65536  # what each destination sends with (a frame in one chunk)
     connect_timeout: float = 10.0
     max_buffered_bytes: int = 2 * 1024 * 1024
 
@@ -246,7 +247,7 @@ class CallStream:
         publisher = self._publisher_factory(
             self._reactor, rtmp_url, rtmp_stream, on_status=on_status, on_keyframe_needed=self.request_keyframe,
             reconnect_delays=options.reconnect_delays, connect_timeout=options.connect_timeout,
-            max_buffered_bytes=options.max_buffered_bytes)
+            max_buffered_bytes=options.max_buffered_bytes, chunk_size=options.rtmp_chunk_size)
         self._destinations[key] = publisher
         self._publishers = tuple(self._destinations.values())
         for header in (self._metadata, self._video_header, self._audio_header):
