@@ -428,6 +428,7 @@ class MediaStreamSession:
                 last, extended = unwrapper._last, unwrapper._extended  # TimestampUnwrapper.unwrap, written out
                 frames = 0
                 base = self._arrival_base
+                rate = self.params.clock_rate
                 try:
                     while position < end:
                         data, addr, arrival = datagrams[position]
@@ -446,7 +447,7 @@ class MediaStreamSession:
                                 delta = (timestamp - base[1]) % RTP_TIMESTAMP_MOD
                                 if delta >= RTP_TIMESTAMP_HALF:
                                     delta -= RTP_TIMESTAMP_MOD
-                                arrival = base[0] + delta / self.params.clock_rate
+                                arrival = base[0] + delta / rate
                                 if arrival > now:
                                     arrival = now
                                 elif arrival < base[0]:

@@ -88,7 +88,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wcsgw.media.worker import holding_if_free
-from wcsgw.rtp.packet import RTCP_MUX_FIRST_SECOND_BYTE, RTCP_MUX_LAST_SECOND_BYTE
+from wcsgw.rtp.packet import is_rtcp
 
 log = Logger()
 
@@ -98,6 +98,7 @@ _TIMEVAL = struct.Struct("@ll")
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMEVAL.size)
 SIOCGSTAMP = 0x8906  # Linux: the struct timeval of the last datagram read from the socket
 _NO_STAMP = bytes(_TIMEVAL.size)
+_IGNORED_RECV_ERRORS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
 
 
 def _last_stamp(sock: socket.socket, default: float) -> float:
@@ -107,7 +108,6 @@ def _last_stamp(sock: socket.socket, default: float) -> float:
     except OSError:
         return default
     return seconds + micros * 1e-6
-_IGNORED_RECV_ERRORS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
 
 
 _LIBC: Any = None
@@ -669,7 +669,7 @@ class MediaSockets:
                 self.receive_errors += 1
                 log.warn("media socket {port}: {error}", port=media._host[1], error=exc)
                 return datagrams
-            if sampled and len(data) > 1 and RTCP_MUX_FIRST_SECOND_BYTE <= data[1] <= RTCP_MUX_LAST_SECOND_BYTE:
+            if sampled and is_rtcp(data):
                 append((data, addr, _last_stamp(sock, now)))  # RTCP (rtcp-mux): its own time, for LSR/DLSR
                 continue
             append((data, addr, arrival))
