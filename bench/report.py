@@ -109,6 +109,13 @@ def summarize(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             line = fit([(t["calls"], t[key]) for t in complete if t.get(key)])
             summary[f"{key}_per_call"] = line[0] if line else None
             summary[f"{key}_base"] = line[1] if line else None
+        # CPU as RSS: the process's CPU seconds per minute over N; the slope is what one more call costs (CPU s
+        # per call-minute at the margin), the intercept what the system costs with no call (its fixed part, which
+        # CPU per call-minute at a given N spreads over that N's calls)
+        line = fit([(t["calls"], t["cpu_per_call_min"] * t["calls"]) for t in complete
+                    if t.get("cpu_per_call_min") is not None])
+        summary["cpu_per_call_min_slope"] = line[0] if line else None
+        summary["cpu_min_base"] = line[1] if line else None
         idle = [t["idle_rss_kb"] for t in trials if t.get("idle_rss_kb")]
         summary["idle_rss_kb"] = sum(idle) / len(idle) if idle else None
         by_n: dict[int, list[dict[str, Any]]] = {}
@@ -149,7 +156,7 @@ def ratios(data: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[str
         if system == "baseline" and other and other > 0:
             cpu[n] = value / other
     out: dict[str, Any] = {"cpu_per_call_min": dict(sorted(cpu.items()))}
-    for key in ("rss_kb_per_call", "pss_kb_per_call"):
+    for key in ("cpu_per_call_min_slope", "rss_kb_per_call", "pss_kb_per_call"):
         gateway, baseline = summary["gateway"].get(key), summary["baseline"].get(key)
         out[key] = baseline / gateway if gateway and baseline and gateway > 0 else None
     for key in ("max_n_held", "max_n_loss_ok"):
@@ -247,17 +254,21 @@ def table(data: dict[str, Any]) -> str:
             f"| {_f(t.get('reactor_lag_p99'), '.0f', 1e3)} | {_gc_text(t)} "
             f"| {t.get('stream_kbit_min', NA)} | {t.get('teardown_s', NA)} |")
     summary = summarize(data)
-    lines += ["", "| system | RSS per call MB | base RSS MB | PSS per call MB | base PSS MB | idle RSS MB "
+    lines += ["", "| system | CPU s per call-min at the margin | base CPU s per min | RSS per call MB | base RSS MB "
+              "| PSS per call MB | base PSS MB | idle RSS MB "
               "| largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops) "
               "| largest N with loss < 0.1 % |",
-              "|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for system, s in summary.items():
         lines.append(
-            f"| {system} | {_f(s['rss_kb_per_call'], '.1f', 1 / 1024)} | {_f(s['rss_kb_base'], '.1f', 1 / 1024)} "
+            f"| {system} | {_f(s['cpu_per_call_min_slope'], '.3f')} | {_f(s['cpu_min_base'], '.3f')} "
+            f"| {_f(s['rss_kb_per_call'], '.1f', 1 / 1024)} | {_f(s['rss_kb_base'], '.1f', 1 / 1024)} "
             f"| {_f(s['pss_kb_per_call'], '.1f', 1 / 1024)} | {_f(s['pss_kb_base'], '.1f', 1 / 1024)} "
             f"| {_f(s['idle_rss_kb'], '.1f', 1 / 1024)} | {_n_text(s, 'max_n_held')} | {_n_text(s, 'max_n_loss_ok')} |")
-    lines += ["", "('>= N': every N tested held, the limit is higher. Base: the intercept of the fit over N; idle: "
-              "the gateway's RSS before its first call.)"]
+    lines += ["", "('>= N': every N tested held, the limit is higher. At the margin and per call: the slope of a "
+              "least-squares line over N of the system's CPU seconds per minute (CPU per call-minute times N) or "
+              "RSS, every complete trial a point; base: its intercept; idle: the gateway's RSS before its first "
+              "call.)"]
     r = ratios(data, summary)
     if r:
         lines += ["", "Ratios " + ratio_sentence(r)]
@@ -305,7 +316,8 @@ def ratio_sentence(r: dict[str, Any]) -> str:
         parts.append("CPU per call-minute " + ", ".join(f"{v:.2f} at N={n}" for n, v in r["cpu_per_call_min"].items()))
     else:
         parts.append(f"CPU per call-minute {NA}")
-    for key, label in (("rss_kb_per_call", "RSS per call"), ("pss_kb_per_call", "PSS per call")):
+    for key, label in (("cpu_per_call_min_slope", "CPU per call-minute at the margin (slope over N)"),
+                       ("rss_kb_per_call", "RSS per call"), ("pss_kb_per_call", "PSS per call")):
         parts.append(f"{label} {_f(r.get(key), '.1f')}")
     text = "baseline / gateway (above 1: the gateway needs less): " + "; ".join(parts) + ". "
     held, loss = r.get("max_n_held", {}), r.get("max_n_loss_ok", {})

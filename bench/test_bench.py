@@ -209,6 +209,41 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(held_counts_text({"gateway": summarize(gateway_only)["gateway"]["held_counts"]}),
                          "Trials held per N: gateway 50: 2/2, 70: 2/3, 100: 1/1 (N held: all of its trials).")
 
+    def test_cpu_at_the_margin(self) -> None:
+        """CPU per call-minute at the margin is the slope over N of the process's CPU seconds per minute (every
+        complete trial a point), its base the intercept, and the ratio of the slopes is reported with the ratios
+        at each N."""
+        from bench.report import ratio_sentence, ratios, summarize, table
+
+        def trial(system: str, n: int, per_minute: float) -> dict[str, Any]:
+            return {"system": system, "calls": n, "held": True, "streams_ok": n, "loss_pct": 0.0, "cpu_s": 1.0,
+                    "cpu_per_call_min": per_minute / n, "rss_kb": 1000 * n, "pss_kb": 500 * n}
+
+        # the gateway: 0.6 s a minute of its own and 0.25 per call; the baseline: 0.65 per call, nothing else
+        trials = [trial("gateway", n, 0.6 + 0.25 * n) for n in (1, 10, 100)]
+        trials += [trial("baseline", n, 0.65 * n) for n in (1, 10, 100)]
+        trials.append({"system": "gateway", "calls": 200, "skipped": "N=100 already failed"})  # not a point
+        data = {"limits": {"loss_pct": 0.1}, "trials": trials,
+                "machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gib": 1, "kernel": "k", "debian": "12",
+                            "python": "3.11", "ffmpeg": "f", "sipp": "s", "nginx": "n", "commit": "x",
+                            "loadavg_at_start": ["0", "0", "0"]},
+                "media": {"video_bitrate": 1.5e6, "keyframe_interval": 2.0, "video_packets_per_second": 182},
+                "args": {"duration": 20, "warmup": 5, "sample": 2}}
+        summary = summarize(data)
+        self.assertAlmostEqual(summary["gateway"]["cpu_per_call_min_slope"], 0.25)
+        self.assertAlmostEqual(summary["gateway"]["cpu_min_base"], 0.6)
+        self.assertAlmostEqual(summary["baseline"]["cpu_per_call_min_slope"], 0.65)
+        self.assertAlmostEqual(summary["baseline"]["cpu_min_base"], 0.0)
+        r = ratios(data, summary)
+        self.assertAlmostEqual(r["cpu_per_call_min_slope"], 2.6)
+        self.assertAlmostEqual(r["cpu_per_call_min"][1], 0.65 / 0.85)
+        self.assertIn("CPU per call-minute at the margin (slope over N) 2.6", ratio_sentence(r))
+        self.assertIn("| gateway | 0.250 | 0.600 | 1.0 |", table(data))
+        one_n = {**data, "trials": [trial("gateway", 10, 3.1), trial("baseline", 10, 6.5)]}
+        self.assertIsNone(summarize(one_n)["gateway"]["cpu_per_call_min_slope"])  # no line through one N
+        self.assertIn("CPU per call-minute at the margin (slope over N) n/a",
+                      ratio_sentence(ratios(one_n, summarize(one_n))))
+
     def test_fit(self) -> None:
         """RSS per call is the slope of a least-squares line over N, base its intercept."""
         slope, intercept = fit([(1, 12.0), (5, 20.0), (10, 30.0)]) or (0, 0)
