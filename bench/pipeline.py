@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.pipeline --null          # the harness's own cost (the datagrams go nowhere)
     .venv/bin/python -m bench.pipeline --bytecodes 20 --kinds video  # Python bytecodes per packet, by function
     .venv/bin/python -m bench.pipeline --instructions --calls 2      # machine instructions per packet (valgrind)
+    .venv/bin/python -m bench.pipeline --gap-ms 60 --seconds 10     # each drain after 60 ms asleep, as the reactor
 
 The bench's media (``bench/media.py``: 720p H.264 at 1.5 Mbit/s and PCMU at 20 ms) goes through the gateway's
 own classes: the datagrams of each ``--interval-ms`` into ``MediaSocketProtocol.datagrams_arrived``, as
@@ -34,6 +35,10 @@ harness), with address-space randomisation off and a fixed hash seed.  Repeated 
 CPU time here varies by 10 % or more: this is the measure to compare two versions of the per-packet path with
 (a change that takes 5 % fewer instructions here took about a third as much less CPU in the gateway at 100
 calls, whose time goes largely into cache misses that this does not see).
+
+``--gap-ms`` sleeps that long before each drain, as the gateway's reactor waits for its next timed read: the same
+work then costs what it costs after the machine has done other things (or idled) in between, which is what one call
+alone costs in the gateway.  It prints the CPU per drain; compare it with a run without the gap.
 """
 
 from __future__ import annotations
@@ -203,10 +208,12 @@ def _count_bytecodes(counts: collections.Counter[str]) -> Any:
 
 def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, audio: str = "aac",
         kinds: tuple[str, ...] = ("audio", "video"), null: bool = False, bytecodes: bool = False,
-        kernel_timestamps: bool = False, audio_hold: float = 0.04) -> dict[str, Any]:
+        kernel_timestamps: bool = False, audio_hold: float = 0.04, gap: float = 0.0,
+        sleep: Any = time.sleep) -> dict[str, Any]:
     """``kinds``: the media fed; ``null``: the protocols drop the datagrams (the harness's own cost);
     ``bytecodes``: count the gateway's bytecodes (``result["bytecodes"]``, by function) instead of profiling;
-    ``kernel_timestamps`` and ``audio_hold``: the settings media_kernel_timestamps and media_audio_batch_ms."""
+    ``kernel_timestamps`` and ``audio_hold``: the settings media_kernel_timestamps and media_audio_batch_ms;
+    ``gap``: seconds to ``sleep`` before each drain (its CPU is not counted)."""
     packets = [packet for packet in _packets(seconds) if packet[1] in kinds]
     gc.collect()
     reactor = MemoryReactorClock()
@@ -225,10 +232,16 @@ def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, a
     if bytecodes:
         sys.settrace(_count_bytecodes(counted))
     base = reactor.seconds()
-    for when, batch in _drains(packets, interval, kernel_timestamps, audio_hold):
+    drains = _drains(packets, interval, kernel_timestamps, audio_hold)
+    asleep = 0.0  # CPU time that passed in the sleeps (none, but it is not the drains' either way)
+    for when, batch in drains:
         delay = base + when - reactor.seconds()
         if delay > 0:
             reactor.advance(delay)
+        if gap:
+            before = time.process_time()
+            sleep(gap)
+            asleep += time.process_time() - before
         for one in all_calls:  # the same packets to every call, as N far ends sending the same file would
             for kind, datagrams in batch.items():
                 one.protocols[kind].rtp_protocol.datagrams_arrived(
@@ -238,11 +251,12 @@ def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, a
         sys.settrace(None)
     if profiler is not None:
         profiler.disable()
-    cpu = time.process_time() - started
+    cpu = time.process_time() - started - asleep
     call.drain()
     counts = {kind: sum(1 for _w, k, _d in packets if k == kind) for kind in ("audio", "video")}
     result = {"seconds": seconds, "calls": calls, "packets": len(packets) * calls, **counts, "cpu": cpu,
               "us_per_packet": cpu / len(packets) / calls * 1e6, "s_per_call_minute": cpu / seconds * 60 / calls,
+              "drains": len(drains), "us_per_drain": cpu / len(drains) * 1e6 if drains else 0.0,
               "rtmp_kbit_s": call.rtmp_bytes * 8 / seconds / 1000,
               "frames": call.protocols["video"].session.counters.frames if call.protocols["video"].session else 0,
               "bytecodes": dict(counted)}
@@ -323,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="media_kernel_timestamps: each datagram arrives at its own time, not its drain's")
     parser.add_argument("--audio-batch-ms", type=float, default=40.0,
                         help="media_audio_batch_ms: audio is held this long for larger deliveries (default 40)")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="sleep this long before each drain, as the reactor between its reads (default 0)")
     parser.add_argument("--null", action="store_true",
                         help="the protocols drop the datagrams: what the harness itself costs, to be taken off")
     parser.add_argument("--bytecodes", type=int, default=0, metavar="N",
@@ -348,13 +364,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{count / r['packets']:8.1f}  {name}")
         return 0
     r = min((run(args.seconds, args.profile, args.calls, args.interval_ms / 1000.0, args.audio, kinds, args.null,
-                 False, args.kernel_timestamps, args.audio_batch_ms / 1000.0)
+                 False, args.kernel_timestamps, args.audio_batch_ms / 1000.0, args.gap_ms / 1000.0)
              for _ in range(max(1, args.repeat))),
             key=lambda r: r["cpu"])
     print(f"{r['calls']} call(s), {r['packets']} packets ({r['video']} video, {r['audio']} audio per call) in "
           f"{r['seconds']:g} s of media: "
           f"{r['cpu']:.3f} s CPU, {r['us_per_packet']:.1f} us per packet, {r['s_per_call_minute']:.3f} s per "
-          f"call-minute on the reactor thread; {r['frames']} video frames, RTMP {r['rtmp_kbit_s']:.0f} kbit/s")
+          f"call-minute on the reactor thread; {r['us_per_drain']:.0f} us per drain"
+          + (f" after {args.gap_ms:g} ms asleep" if args.gap_ms else "")
+          + f"; {r['frames']} video frames, RTMP {r['rtmp_kbit_s']:.0f} kbit/s")
     return 0
 
 

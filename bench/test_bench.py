@@ -288,6 +288,20 @@ class PipelineTests(SynchronousTestCase):
         with self.assertRaises(SystemExit):
             pipeline.main(["--kinds", "data"])
 
+    def test_gap_before_each_drain(self) -> None:
+        """``--gap-ms``: the harness sleeps that long before each drain (the sleeps are not the drains' CPU), and
+        reports the CPU per drain."""
+        from bench import pipeline
+
+        slept: list[float] = []
+        r = pipeline.run(1.0, 0, interval=0.04, gap=0.06, sleep=slept.append)
+        self.assertEqual(slept, [0.06] * r["drains"])
+        self.assertEqual(r["drains"], len(pipeline._drains(pipeline._packets(1.0), 0.04, False, 0.04)))
+        self.assertGreater(r["drains"], 20)
+        self.assertAlmostEqual(r["us_per_drain"], r["cpu"] / r["drains"] * 1e6)
+        self.assertEqual(pipeline.run(1.0, 0, interval=0.04, sleep=slept.append)["drains"], r["drains"])
+        self.assertEqual(len(slept), r["drains"])  # no gap: no sleep
+
 
 class TrialOrderTests(SynchronousTestCase):
     def test_the_systems_take_turns_at_each_n(self) -> None:
