@@ -316,9 +316,9 @@ def ratio_sentence(r: dict[str, Any]) -> str:
         parts.append("CPU per call-minute " + ", ".join(f"{v:.2f} at N={n}" for n, v in r["cpu_per_call_min"].items()))
     else:
         parts.append(f"CPU per call-minute {NA}")
-    for key, label in (("cpu_per_call_min_slope", "CPU per call-minute at the margin (slope over N)"),
-                       ("rss_kb_per_call", "RSS per call"), ("pss_kb_per_call", "PSS per call")):
-        parts.append(f"{label} {_f(r.get(key), '.1f')}")
+    for key, label, spec in (("cpu_per_call_min_slope", "CPU per call-minute at the margin (slope over N)", ".2f"),
+                             ("rss_kb_per_call", "RSS per call", ".1f"), ("pss_kb_per_call", "PSS per call", ".1f")):
+        parts.append(f"{label} {_f(r.get(key), spec)}")
     text = "baseline / gateway (above 1: the gateway needs less): " + "; ".join(parts) + ". "
     held, loss = r.get("max_n_held", {}), r.get("max_n_loss_ok", {})
     text += (f"Largest N held (loss < 0.1 %, wire p99 < 100 ms, no transcoding drops): gateway "

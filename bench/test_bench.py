@@ -237,7 +237,7 @@ class WireTests(SynchronousTestCase):
         r = ratios(data, summary)
         self.assertAlmostEqual(r["cpu_per_call_min_slope"], 2.6)
         self.assertAlmostEqual(r["cpu_per_call_min"][1], 0.65 / 0.85)
-        self.assertIn("CPU per call-minute at the margin (slope over N) 2.6", ratio_sentence(r))
+        self.assertIn("CPU per call-minute at the margin (slope over N) 2.60;", ratio_sentence(r))
         self.assertIn("| gateway | 0.250 | 0.600 | 1.0 |", table(data))
         one_n = {**data, "trials": [trial("gateway", 10, 3.1), trial("baseline", 10, 6.5)]}
         self.assertIsNone(summarize(one_n)["gateway"]["cpu_per_call_min_slope"])  # no line through one N
