@@ -233,7 +233,7 @@ def run(seconds: float, profile: int, calls: int = 1, interval: float = 0.010, a
         sys.settrace(_count_bytecodes(counted))
     base = reactor.seconds()
     drains = _drains(packets, interval, kernel_timestamps, audio_hold)
-    asleep = 0.0  # CPU time that passed in the sleeps (none, but it is not the drains' either way)
+    asleep = 0.0  # CPU time charged within the sleeps (their wake-ups'), which is not the drains'
     for when, batch in drains:
         delay = base + when - reactor.seconds()
         if delay > 0:
