@@ -30,6 +30,7 @@ from .packet import (
     RtpPacket,
     TimestampUnwrapper,
     is_rtcp,
+    timestamp_delta,
 )
 from .params import (
     AUDIO,
@@ -557,9 +558,7 @@ class MediaStreamSession:
         base = self._arrival_base
         if base is None or len(data) < 12 or is_rtcp(data):
             return None
-        delta = (_RTP_TIMESTAMP.unpack_from(data, 4)[0] - base[1]) % RTP_TIMESTAMP_MOD
-        if delta >= RTP_TIMESTAMP_HALF:
-            delta -= RTP_TIMESTAMP_MOD
+        delta = timestamp_delta(_RTP_TIMESTAMP.unpack_from(data, 4)[0], base[1])
         return min(now, max(base[0], base[0] + delta / self.params.clock_rate))
 
     def _sync(self) -> None:
