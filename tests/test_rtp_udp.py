@@ -725,6 +725,70 @@ class IntervalTests(TestCase):
         run(1.0)
         self.assertEqual(sockets.drains - drains, 100)
 
+    def test_quiet_drains_go_further_apart_still(self) -> None:
+        """With a ``quiet_interval`` too, drains at ``light_interval`` whose window took less than 5 % of the time
+        go ``quiet_interval`` apart; quiet ones come back to ``light_interval`` above 5.5 %, and straight to
+        ``interval`` above 16 %; ``on_light`` hears only light or not; a new first socket starts at ``interval``."""
+        clock = Clock()
+        cpu = [0.0]
+        step = [0.0]  # CPU seconds each clock read adds (a drain reads it twice: its CPU is one step)
+
+        def cpu_clock() -> float:
+            cpu[0] += step[0]
+            return cpu[0]
+
+        lights: list[bool] = []
+        sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, quiet_interval=0.04, cpu_clock=cpu_clock,
+                               on_light=lights.append)
+        self.addCleanup(sockets.close)
+        sockets.bind(0, Stamped(), LOCAL)
+
+        def window() -> None:  # drain to drain until the load has been looked at: the next window starts clean
+            since = sockets._load_since
+            while sockets._load_since == since:
+                clock.advance(sockets._timer.getTime() - clock.seconds())
+
+        def level(cpu_per_drain: float, windows: int = 1) -> float:
+            step[0] = cpu_per_drain
+            for _ in range(windows):
+                window()
+            return sockets.current_interval
+
+        self.assertEqual(level(0.0004), 0.02)  # 4 % at 10 ms: light
+        self.assertEqual(level(0.0004), 0.04)  # 2 % at 20 ms: quiet
+        drains, began = sockets.drains, clock.seconds()
+        self.assertEqual(level(0.0021, 3), 0.04)  # 5.25 % at 40 ms: stays quiet
+        self.assertAlmostEqual(clock.seconds() - began, 3.0, delta=0.05)
+        self.assertEqual(sockets.drains - drains, 75)  # 40 ms apart
+        self.assertEqual((sockets.interval_changes, lights), (2, [True]))
+        self.assertEqual(level(0.0024), 0.02)  # 6 % at 40 ms: back to light
+        self.assertEqual(level(0.0024, 2), 0.02)  # 12 % at 20 ms: light, not quiet
+        self.assertEqual(level(0.0009), 0.04)  # 4.5 % at 20 ms: quiet again
+        self.assertEqual(level(0.0009, 2), 0.04)  # 2.25 % at 40 ms
+        self.assertEqual((sockets.interval_changes, lights), (4, [True]))
+        self.assertEqual(level(0.0068), 0.01)  # 17 % at 40 ms: a burst of calls, straight to the interval
+        self.assertEqual((sockets.interval_changes, lights), (5, [True, False]))
+        self.assertEqual(level(0.0068), 0.01)  # 68 % at 10 ms
+        self.assertEqual(level(0.0), 0.02)
+        self.assertEqual(level(0.0), 0.04)
+        for port in list(sockets._sockets.values()):
+            port.stopListening()
+        sockets.bind(0, Stamped(), LOCAL)
+        self.assertEqual((sockets.current_interval, sockets.interval_changes), (0.01, 8))
+        self.assertEqual(lights, [True, False, True, False])
+        # without a quiet interval, light drains stay light however little they take
+        sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, cpu_clock=cpu_clock)
+        self.addCleanup(sockets.close)
+        sockets.bind(0, Stamped(), LOCAL)
+        self.assertEqual((level(0.0), level(0.0, 3), sockets.interval_changes), (0.02, 0.02, 1))
+
+    def test_quiet_interval_must_be_longer(self) -> None:
+        """A quiet interval is longer than the light interval, and needs one."""
+        for light, quiet in ((0.02, 0.02), (0.0, 0.04)):
+            with self.assertRaises(ValueError) as caught:
+                MediaSockets(reactor, interval=0.01, light_interval=light, quiet_interval=quiet)
+            self.assertEqual(str(caught.exception), f"quiet_interval must be longer than light_interval, not {quiet}")
+
     def test_a_failing_on_light_is_logged(self) -> None:
         """What ``on_light`` raises is logged; the interval changes all the same."""
         clock = Clock()

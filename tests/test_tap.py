@@ -164,24 +164,31 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(len(service.pool._threads), 3)
 
     def test_media_sockets_take_the_read_settings(self) -> None:
-        """``media_read_interval_ms``, ``media_read_interval_light_ms`` (taken only when longer) and
-        ``media_kernel_timestamps`` reach the media sockets."""
+        """``media_read_interval_ms``, ``media_read_interval_light_ms`` and ``media_read_interval_quiet_ms``
+        (each taken only when longer than the one before, which it needs) and ``media_kernel_timestamps`` reach
+        the media sockets."""
         for stamps, every in (("false", False), ("audio", False), ("true", True)):
             service = GatewayService(MemoryReactorUdp(), config.build_settings(
                 {"state_dir": self.mktemp(), "media_read_interval_ms": 20, "media_kernel_timestamps": stamps}))
             if service.media_sockets is None:
                 raise SkipTest("no epoll here")
-            self.assertEqual((service.media_sockets.interval, service.media_sockets.light_interval), (0.02, 0.06))
+            self.assertEqual((service.media_sockets.interval, service.media_sockets.light_interval,
+                              service.media_sockets.quiet_interval), (0.02, 0.06, 0.08))
             self.assertIs(service.media_sockets.kernel_timestamps, every)
-        for overrides, intervals in (({}, (0.04, 0.06)), ({"media_read_interval_light_ms": 0}, (0.04, 0.0)),
-                                     ({"media_read_interval_light_ms": 30}, (0.04, 0.0)),
-                                     ({"media_read_interval_light_ms": 90}, (0.04, 0.09)),
-                                     ({"media_read_interval_ms": 0}, (0.0, 0.0))):
+        for overrides, intervals in (({}, (0.04, 0.06, 0.08)),
+                                     ({"media_read_interval_light_ms": 0}, (0.04, 0.0, 0.0)),
+                                     ({"media_read_interval_light_ms": 30}, (0.04, 0.0, 0.0)),
+                                     ({"media_read_interval_light_ms": 90}, (0.04, 0.09, 0.0)),
+                                     ({"media_read_interval_quiet_ms": 0}, (0.04, 0.06, 0.0)),
+                                     ({"media_read_interval_quiet_ms": 60}, (0.04, 0.06, 0.0)),
+                                     ({"media_read_interval_quiet_ms": 100}, (0.04, 0.06, 0.1)),
+                                     ({"media_read_interval_ms": 0}, (0.0, 0.0, 0.0))):
             service = GatewayService(MemoryReactorUdp(), config.build_settings(
                 {"state_dir": self.mktemp(), **overrides}))
             sockets = service.media_sockets
             assert sockets is not None
-            self.assertEqual((sockets.interval, sockets.light_interval), intervals, overrides)
+            self.assertEqual((sockets.interval, sockets.light_interval, sockets.quiet_interval), intervals,
+                             overrides)
             self.assertIn(f"wcsgw_media_read_interval_seconds {sockets.current_interval:g}\n", render(service))
 
     def test_transcoding_batches_follow_light_reads(self) -> None:

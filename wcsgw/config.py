@@ -225,9 +225,15 @@ SETTINGS: tuple[Setting, ...] = (
             "measured at this interval, about 19 % at the other), read the media sockets this many ms apart instead "
             "(0, or not longer than media_read_interval_ms: never): with few calls a read costs much the same "
             "whether it finds little or much (10 calls of the bench: 24-34 % less CPU than reads 10 and 20 ms "
-            "apart, for an RTMP p99 latency of about 60 ms; 80 against 60: 11 % less CPU at 10 calls, 13 % at one, "
-            "for 66-85 ms instead of 52-62, and 85-99 ms at 30 and 50 calls instead of 70-87)",
+            "apart, for an RTMP p99 latency of about 60 ms)",
             "media-read-interval-light-ms"),
+    Setting("media_read_interval_quiet_ms", _parse_int(0, 100), 80,
+            "while the reads at media_read_interval_light_ms take very little of the reactor's time (under 5 %, about "
+            "15 calls of the bench; back above 5.5 % measured at this interval, about 18-20 calls), read the media "
+            "sockets this many ms apart instead (0, or not longer than media_read_interval_light_ms: never): 80 "
+            "against 60 measured 11 % less CPU at 10 calls and 13 % at one, for an RTMP p99 latency of 66-85 ms "
+            "instead of 52-62 (with more calls a read takes longer itself: 80 ms at 30 and 50 calls reached 85-99 ms)",
+            "media-read-interval-quiet-ms"),
     Setting("media_audio_batch_ms", _parse_int(0, 100), 40,
             "a call's audio RTP socket is read only once this many ms and half of media_read_interval_ms have passed "
             "since the last read (its packets wait in the kernel meanwhile, up to this plus media_read_interval_ms: "
@@ -363,6 +369,7 @@ class Settings:
     rtp_in_buffer_ms: int
     media_read_interval_ms: int
     media_read_interval_light_ms: int
+    media_read_interval_quiet_ms: int
     media_audio_batch_ms: int
     media_kernel_timestamps: str
     rtp_keepalive: bool

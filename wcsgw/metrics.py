@@ -398,10 +398,10 @@ def render(gateway: Any) -> str:
         out.metric("wcsgw_media_drains_total", "counter", "batched reads of the media sockets",
                    [("", sockets.drains)])
         out.metric("wcsgw_media_read_interval_seconds", "gauge",
-                   "time between reads of the media sockets now (media_read_interval_ms, or _light_ms while light)",
+                   "time between reads of the media sockets now (media_read_interval_ms, _light_ms or _quiet_ms)",
                    [("", sockets.current_interval)])
         out.metric("wcsgw_media_read_interval_changes_total", "counter",
-                   "changes between media_read_interval_ms and media_read_interval_light_ms",
+                   "changes between media_read_interval_ms, media_read_interval_light_ms and _quiet_ms",
                    [("", sockets.interval_changes)])
         out.metric("wcsgw_media_socket_errors_total", "counter",
                    "media socket receive errors, exceptions of the RTP code, datagrams a full send buffer dropped",

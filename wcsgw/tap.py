@@ -149,8 +149,11 @@ class GatewayService(service.MultiService):
                                batch_interval=settings.transcode_batch_ms / 1000.0, gate=gate,
                                thread_start=self._raise_transcoding_thread)
         interval, light = settings.media_read_interval_ms, settings.media_read_interval_light_ms
-        self.media_sockets = (MediaSockets(reactor, interval=interval / 1000.0,
-                                           light_interval=light / 1000.0 if light > interval > 0 else 0.0,
+        light = light if light > interval > 0 else 0
+        quiet = settings.media_read_interval_quiet_ms
+        quiet = quiet if quiet > light > 0 else 0
+        self.media_sockets = (MediaSockets(reactor, interval=interval / 1000.0, light_interval=light / 1000.0,
+                                           quiet_interval=quiet / 1000.0,
                                            on_light=self._reads_light, on_reading=self._reads_running,
                                            receive_buffer=MEDIA_RECEIVE_BUFFER,
                                            kernel_timestamps=settings.media_kernel_timestamps == "true", gate=gate)
@@ -185,8 +188,8 @@ class GatewayService(service.MultiService):
             https.setServiceParent(self)
 
     def _reads_light(self, light: bool) -> None:
-        """The media reads went ``media_read_interval_light_ms`` apart (few calls), or back: the transcoding
-        batches follow (``transcode_batch_light_ms``)."""
+        """The media reads went ``media_read_interval_light_ms`` (or ``_quiet_ms``) apart (few calls), or back:
+        the transcoding batches follow (``transcode_batch_light_ms``)."""
         batch, light_batch = self.settings.transcode_batch_ms, self.settings.transcode_batch_light_ms
         self.pool.batch_interval = (light_batch if light and light_batch and batch else batch) / 1000.0
 

@@ -21,7 +21,8 @@ datagrams per socket rather than one (at 100 calls and 5 ms, about 100 datagrams
 start ``interval`` apart however long each takes (one that takes longer is followed at once): a drain that
 re-armed its timer only when it ended made the interval the timer's plus the drain's (at 100 calls, 10 ms drains
 came 20 ms apart).  With a ``light_interval`` the drains go that far apart while they take little of the
-reactor's time (few calls).  The datagrams then wait up to ``interval`` in the kernel (plus what the reactor is
+reactor's time (few calls), and with a ``quiet_interval`` further still while they take very little (a
+handful of calls).  The datagrams then wait up to ``interval`` in the kernel (plus what the reactor is
 busy with when the timer is due).  Their arrival time is the drain's (``recvfrom``), up to
 ``interval`` later than the kernel's receive time, unless ``kernel_timestamps`` (for every socket, or per
 socket at ``bind``) asks for the kernel's (``SO_TIMESTAMP`` with ``recvmsg``: exact jitter statistics and
@@ -266,7 +267,7 @@ class MediaSockets:
     # Slots: more than 30 attributes (see MediaStreamSession.__slots__).  '__dict__': tests' stand-ins.
     __slots__ = (
         '_reactor', '_epoll', '_sockets', 'interval', 'light_interval', 'current_interval', '_cpu_clock',
-        '_on_light', '_on_reading', 'after_drain', 'lateness', '_calls', '_call_order', '_calls_timer',
+        'quiet_interval', '_levels', '_level', '_on_light', '_on_reading', 'after_drain', 'lateness', '_calls', '_call_order', '_calls_timer',
         '_load_since', '_load_cpu', '_max_batch', '_max_per_socket', '_receive_buffer', 'kernel_timestamps',
         '_reading', '_timer', '_due', '_wanted', '_gate', 'datagrams', 'drains',
         'interval_changes', 'receive_errors', 'protocol_errors', 'send_drops', 'read_cpu', 'deliver_cpu',
@@ -275,7 +276,7 @@ class MediaSockets:
 
     def __init__(self, reactor: Any, *, interval: float = 0.0, max_batch: int = 4096, max_per_socket: int = 512,
                  receive_buffer: int | None = None, kernel_timestamps: bool = False,
-                 gate: threading.Lock | None = None, light_interval: float = 0.0,
+                 gate: threading.Lock | None = None, light_interval: float = 0.0, quiet_interval: float = 0.0,
                  cpu_clock: Callable[[], float] = thread_time,
                  on_light: Callable[[bool], object] | None = None,
                  on_reading: Callable[[bool], object] | None = None) -> None:
@@ -295,6 +296,12 @@ class MediaSockets:
         there than with many calls, where a drain takes longer itself.  ``on_light`` is called with True when
         the drains go ``light_interval`` apart, with False when they come back (what it raises is logged).
 
+        ``quiet_interval`` (seconds, longer than ``light_interval``, which it needs; 0: none): a third interval,
+        for drains lighter still.  Drains at ``light_interval`` go ``quiet_interval`` apart when a window's
+        share is below ``QUIET_LOAD``, and drains at ``quiet_interval`` back to ``light_interval`` above
+        ``UNQUIET_LOAD`` (and straight to ``interval`` above ``HEAVY_LOAD``, a burst of calls).  ``on_light``
+        hears only light or not: quiet is light to it.
+
         ``on_reading`` (with an ``interval``) is called with True when the timed drains start (the first socket)
         and with False when they stop (the last socket went, or ``close``); what it raises is logged."""
         if interval < 0:
@@ -303,12 +310,18 @@ class MediaSockets:
             raise ValueError(f"max_batch and max_per_socket must be positive, not {max_batch}, {max_per_socket}")
         if light_interval and (not interval or light_interval <= interval):
             raise ValueError(f"light_interval must be longer than interval, not {light_interval}")
+        if quiet_interval and (not light_interval or quiet_interval <= light_interval):
+            raise ValueError(f"quiet_interval must be longer than light_interval, not {quiet_interval}")
         self._reactor = reactor
         self._epoll = select.epoll()
         self._sockets: dict[int, MediaSocket] = {}
         self.interval = interval
         self.light_interval = light_interval
-        self.current_interval = interval  # the interval in force: interval, or light_interval while light
+        self.quiet_interval = quiet_interval
+        self.current_interval = interval  # the interval in force: interval, light_interval or quiet_interval
+        # the intervals, shortest first, and the index of the one in force
+        self._levels = tuple(i for i in (interval, light_interval, quiet_interval) if i) or (0.0,)
+        self._level = 0
         self._cpu_clock = cpu_clock
         self._on_light = on_light
         self._on_reading = on_reading
@@ -333,7 +346,7 @@ class MediaSockets:
         # counters
         self.datagrams = 0
         self.drains = 0
-        self.interval_changes = 0  # between interval and light_interval
+        self.interval_changes = 0  # between interval, light_interval and quiet_interval
         self.receive_errors = 0
         self.protocol_errors = 0
         self.send_drops = 0
@@ -453,8 +466,8 @@ class MediaSockets:
                 self._calls_timer.cancel()
             self._calls_timer = None
         if self.interval:
-            if self.current_interval != self.interval:  # light when the last socket went: start short again
-                self._set_light(False)
+            if self._level:  # light when the last socket went: start short again
+                self._set_level(0)
             now = self._reactor.seconds()
             self._load_since, self._load_cpu = now, self.read_cpu + self.deliver_cpu
             self._due = self._wanted = now + self.interval
@@ -521,9 +534,15 @@ class MediaSockets:
     #: ``light_interval`` go back to ``interval``.  Measured on this machine with the bench's calls at 40 ms:
     #: about 5 % at 10 calls, 21 % at 50, 41 % at 100; at 60 ms about 0.85 of that (16 % there is about 19 % at
     #: 40 ms): only between 18 and 19 % at 40 ms does the interval depend on where the load came from.
+    #: Then the share below which drains at ``light_interval`` go ``quiet_interval`` apart, and the share above
+    #: which drains at ``quiet_interval`` come back to ``light_interval``.  Measured with the bench's calls at 60
+    #: ms: 3.2-3.9 % at 10 calls, 8.4-9.9 % at 30; at 80 ms 0.8-0.95 of that at 10 calls: quiet up to about 15
+    #: calls (5 %), back from about 18-20 (5.5 % at 80 ms, about 6-7 % at 60).
     LOAD_WINDOW = 1.0
     LIGHT_LOAD = 0.18
     HEAVY_LOAD = 0.16
+    QUIET_LOAD = 0.05
+    UNQUIET_LOAD = 0.055
 
     def _check_load(self) -> None:
         now = self._reactor.seconds()
@@ -532,15 +551,27 @@ class MediaSockets:
         cpu = self.read_cpu + self.deliver_cpu
         share = (cpu - self._load_cpu) / (now - self._load_since)
         self._load_since, self._load_cpu = now, cpu
-        was_light = self.current_interval != self.interval
-        if (share <= self.HEAVY_LOAD) if was_light else (share >= self.LIGHT_LOAD):
-            return  # stays as it is
-        self._set_light(not was_light)
+        level = self._level
+        if level == 0:
+            if share < self.LIGHT_LOAD:
+                self._set_level(1)
+        elif share > self.HEAVY_LOAD:
+            self._set_level(0)
+        elif level == 1:
+            if share < self.QUIET_LOAD and len(self._levels) > 2:
+                self._set_level(2)
+        elif share > self.UNQUIET_LOAD:
+            self._set_level(1)
 
-    def _set_light(self, light: bool) -> None:
-        self.current_interval = self.light_interval if light else self.interval
+    def _set_level(self, level: int) -> None:
+        """Put the interval ``self._levels[level]`` in force; ``on_light`` hears when light (any level above 0)
+        starts or ends."""
+        was_light = self._level > 0
+        self._level = level
+        self.current_interval = self._levels[level]
         self.interval_changes += 1
-        self._call_hook(self._on_light, light)
+        if (level > 0) != was_light:
+            self._call_hook(self._on_light, level > 0)
 
     @staticmethod
     def _call_hook(hook: Callable[..., object] | None, *args: object) -> None:
