@@ -726,8 +726,8 @@ class IntervalTests(TestCase):
         self.assertEqual(sockets.drains - drains, 100)
 
     def test_quiet_drains_go_further_apart_still(self) -> None:
-        """With a ``quiet_interval`` too, drains at ``light_interval`` whose window took less than 5 % of the time
-        go ``quiet_interval`` apart; quiet ones come back to ``light_interval`` above 5.5 %, and straight to
+        """With a ``quiet_interval`` too, drains at ``light_interval`` whose window took less than 4.5 % of the
+        time go ``quiet_interval`` apart; quiet ones come back to ``light_interval`` above 6 %, and straight to
         ``interval`` above 16 %; ``on_light`` hears only light or not; a new first socket starts at ``interval``."""
         clock = Clock()
         cpu = [0.0]
@@ -757,14 +757,14 @@ class IntervalTests(TestCase):
         self.assertEqual(level(0.0004), 0.02)  # 4 % at 10 ms: light
         self.assertEqual(level(0.0004), 0.04)  # 2 % at 20 ms: quiet
         drains, began = sockets.drains, clock.seconds()
-        self.assertEqual(level(0.0021, 3), 0.04)  # 5.25 % at 40 ms: stays quiet
+        self.assertEqual(level(0.0022, 3), 0.04)  # 5.5 % at 40 ms: stays quiet
         self.assertAlmostEqual(clock.seconds() - began, 3.0, delta=0.05)
         self.assertEqual(sockets.drains - drains, 75)  # 40 ms apart
         self.assertEqual((sockets.interval_changes, lights), (2, [True]))
-        self.assertEqual(level(0.0024), 0.02)  # 6 % at 40 ms: back to light
-        self.assertEqual(level(0.0024, 2), 0.02)  # 12 % at 20 ms: light, not quiet
-        self.assertEqual(level(0.0009), 0.04)  # 4.5 % at 20 ms: quiet again
-        self.assertEqual(level(0.0009, 2), 0.04)  # 2.25 % at 40 ms
+        self.assertEqual(level(0.0026), 0.02)  # 6.5 % at 40 ms: back to light
+        self.assertEqual(level(0.001, 2), 0.02)  # 5 % at 20 ms: light, not quiet
+        self.assertEqual(level(0.0008), 0.04)  # 4 % at 20 ms: quiet again
+        self.assertEqual(level(0.0008, 2), 0.04)  # 2 % at 40 ms
         self.assertEqual((sockets.interval_changes, lights), (4, [True]))
         self.assertEqual(level(0.0068), 0.01)  # 17 % at 40 ms: a burst of calls, straight to the interval
         self.assertEqual((sockets.interval_changes, lights), (5, [True, False]))

@@ -228,8 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
             "apart, for an RTMP p99 latency of about 60 ms)",
             "media-read-interval-light-ms"),
     Setting("media_read_interval_quiet_ms", _parse_int(0, 100), 80,
-            "while the reads at media_read_interval_light_ms take very little of the reactor's time (under 5 %, about "
-            "15 calls of the bench; back above 5.5 % measured at this interval, about 18-20 calls), read the media "
+            "while the reads at media_read_interval_light_ms take very little of the reactor's time (under 4.5 %, "
+            "about 15 calls of the bench; back above 6 % measured at this interval, about 22 calls), read the media "
             "sockets this many ms apart instead (0, or not longer than media_read_interval_light_ms: never): 80 "
             "against 60 measured 11 % less CPU at 10 calls and 13 % at one, for an RTMP p99 latency of 66-85 ms "
             "instead of 52-62 (with more calls a read takes longer itself: 80 ms at 30 and 50 calls reached 85-99 ms)",

@@ -536,13 +536,13 @@ class MediaSockets:
     #: 40 ms): only between 18 and 19 % at 40 ms does the interval depend on where the load came from.
     #: Then the share below which drains at ``light_interval`` go ``quiet_interval`` apart, and the share above
     #: which drains at ``quiet_interval`` come back to ``light_interval``.  Measured with the bench's calls at 60
-    #: ms: 3.2-3.9 % at 10 calls, 8.4-9.9 % at 30; at 80 ms 0.8-0.95 of that at 10 calls: quiet up to about 15
-    #: calls (5 %), back from about 18-20 (5.5 % at 80 ms, about 6-7 % at 60).
+    #: ms: 2.4-4.0 % at 10 calls, 4.9-6.5 % at 20, 8.4-9.9 % at 30; at 80 ms 2.7-3.0 % at 10 calls and 5.2-5.4 %
+    #: at 20: quiet below about 15 calls (4.5 %), back above about 22 (6 % at 80 ms), either way in between.
     LOAD_WINDOW = 1.0
     LIGHT_LOAD = 0.18
     HEAVY_LOAD = 0.16
-    QUIET_LOAD = 0.05
-    UNQUIET_LOAD = 0.055
+    QUIET_LOAD = 0.045
+    UNQUIET_LOAD = 0.06
 
     def _check_load(self) -> None:
         now = self._reactor.seconds()
