@@ -231,8 +231,9 @@ SETTINGS: tuple[Setting, ...] = (
             "while the reads at media_read_interval_light_ms take very little of the reactor's time (under 4.5 %, "
             "about 15 calls of the bench; back above 6 % measured at this interval, about 22 calls), read the media "
             "sockets this many ms apart instead (0, or not longer than media_read_interval_light_ms: never): 80 "
-            "against 60 measured 11 % less CPU at 10 calls and 13 % at one, for an RTMP p99 latency of 66-85 ms "
-            "instead of 52-62 (with more calls a read takes longer itself: 80 ms at 30 and 50 calls reached 85-99 ms)",
+            "against 60 (the gateway alone, seven runs each, taking turns) measured 10 % less CPU at 10 calls and 17 % "
+            "at one, for an RTMP p99 latency of 48-85 ms instead of 49-61, set by where the reads fall among the "
+            "frames (with more calls a read takes longer itself: 80 ms at 30 and 50 calls reached 85-99 ms)",
             "media-read-interval-quiet-ms"),
     Setting("media_audio_batch_ms", _parse_int(0, 100), 40,
             "a call's audio RTP socket is read only once this many ms and half of media_read_interval_ms have passed "
