@@ -266,8 +266,8 @@ class MediaSockets:
 
     # Slots: more than 30 attributes (see MediaStreamSession.__slots__).  '__dict__': tests' stand-ins.
     __slots__ = (
-        '_reactor', '_epoll', '_sockets', 'interval', 'light_interval', 'current_interval', '_cpu_clock',
-        'quiet_interval', '_levels', '_level', '_on_light', '_on_reading', 'after_drain', 'lateness', '_calls', '_call_order', '_calls_timer',
+        '_reactor', '_epoll', '_sockets', 'interval', 'light_interval', 'quiet_interval', '_levels', '_level',
+        '_cpu_clock', '_on_light', '_on_reading', 'after_drain', 'lateness', '_calls', '_call_order', '_calls_timer',
         '_load_since', '_load_cpu', '_max_batch', '_max_per_socket', '_receive_buffer', 'kernel_timestamps',
         '_reading', '_timer', '_due', '_wanted', '_gate', 'datagrams', 'drains',
         'interval_changes', 'receive_errors', 'protocol_errors', 'send_drops', 'read_cpu', 'deliver_cpu',
@@ -318,8 +318,7 @@ class MediaSockets:
         self.interval = interval
         self.light_interval = light_interval
         self.quiet_interval = quiet_interval
-        self.current_interval = interval  # the interval in force: interval, light_interval or quiet_interval
-        # the intervals, shortest first, and the index of the one in force
+        # the intervals, shortest first, and the index of the one in force (current_interval)
         self._levels = tuple(i for i in (interval, light_interval, quiet_interval) if i) or (0.0,)
         self._level = 0
         self._cpu_clock = cpu_clock
@@ -357,6 +356,11 @@ class MediaSockets:
 
     def __len__(self) -> int:
         return len(self._sockets)
+
+    @property
+    def current_interval(self) -> float:
+        """The interval in force: ``interval``, ``light_interval`` or ``quiet_interval``."""
+        return self._levels[self._level]
 
     def bind(self, port: int, protocol: Any, interface: str = "", hold: float = 0.0,
              kernel_timestamps: bool | None = None, stamp_each: bool = True) -> MediaSocket:
@@ -536,7 +540,7 @@ class MediaSockets:
     #: 40 ms): only between 18 and 19 % at 40 ms does the interval depend on where the load came from.
     #: Then the share below which drains at ``light_interval`` go ``quiet_interval`` apart, and the share above
     #: which drains at ``quiet_interval`` come back to ``light_interval``.  Measured with the bench's calls at 60
-    #: ms: 2.4-4.0 % at 10 calls, 4.9-6.5 % at 20, 8.4-9.9 % at 30; at 80 ms 2.7-3.0 % at 10 calls and 5.2-5.4 %
+    #: ms: 2.4-4.0 % at 10 calls, 4.9-6.5 % at 20, 6.3-9.9 % at 30; at 80 ms 2.4-3.4 % at 10 calls and 5.2-5.4 %
     #: at 20: quiet below about 15 calls (4.5 %), back above about 22 (6 % at 80 ms), either way in between.
     LOAD_WINDOW = 1.0
     LIGHT_LOAD = 0.18
@@ -568,7 +572,6 @@ class MediaSockets:
         starts or ends."""
         was_light = self._level > 0
         self._level = level
-        self.current_interval = self._levels[level]
         self.interval_changes += 1
         if (level > 0) != was_light:
             self._call_hook(self._on_light, level > 0)
