@@ -132,6 +132,19 @@ class Stamped(Recorder):
             self.arrivals.append(arrival)
 
 
+class SteppingCpuClock:
+    """A thread CPU clock for the drains' load: each read adds ``step`` CPU seconds (a drain reads it twice, so
+    its CPU is one step)."""
+
+    def __init__(self) -> None:
+        self.step = 0.0
+        self.cpu = 0.0
+
+    def __call__(self) -> float:
+        self.cpu += self.step
+        return self.cpu
+
+
 class IntervalTests(TestCase):
     """MediaSockets with an interval: drains on a timer, arrival times from the kernel when asked."""
 
@@ -660,13 +673,7 @@ class IntervalTests(TestCase):
         drains go ``light_interval`` apart; once a window of those took more than 16 % (about 20 % at the
         shorter interval), ``interval`` again; the held socket's deadline follows the interval in force."""
         clock = Clock()
-        cpu = [0.0]
-        step = [0.0]  # CPU seconds each clock read adds (a drain reads it twice: its CPU is one step)
-
-        def cpu_clock() -> float:
-            cpu[0] += step[0]
-            return cpu[0]
-
+        cpu_clock = SteppingCpuClock()
         lights: list[bool] = []
         sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, cpu_clock=cpu_clock,
                                on_light=lights.append)
@@ -679,17 +686,17 @@ class IntervalTests(TestCase):
             while clock.seconds() < end:
                 clock.advance(sockets._timer.getTime() - clock.seconds())
 
-        step[0] = 0.002  # 2 ms of a drain's CPU in 10 ms: 20 %, not light
+        cpu_clock.step = 0.002  # 2 ms of a drain's CPU in 10 ms: 20 %, not light
         run(2.0)
         self.assertEqual(sockets.current_interval, 0.01)
         self.assertEqual(sockets.drains - drains, 200)
-        step[0] = 0.0016  # 1.6 ms in 10 ms: 16 %, light
+        cpu_clock.step = 0.0016  # 1.6 ms in 10 ms: 16 %, light
         run(1.1)  # a whole window of it
         self.assertEqual(sockets.current_interval, 0.02)
         drains = sockets.drains
         run(1.0)
         self.assertEqual(sockets.drains - drains, 50)
-        step[0] = 0.003  # 3 ms in 20 ms: 15 %, still light
+        cpu_clock.step = 0.003  # 3 ms in 20 ms: 15 %, still light
         run(2.0)
         self.assertEqual(sockets.current_interval, 0.02)
         # a held socket is read once its hold and half the interval in force have passed: hold 48 ms, drains 20
@@ -707,12 +714,12 @@ class IntervalTests(TestCase):
         clock.advance(sockets._timer.getTime() - clock.seconds())
         self.assertEqual([d for d, _ in held.datagrams], [b"h", b"i"])
         self.assertAlmostEqual(clock.seconds() - read_at, 0.06)
-        step[0] = 0.0034  # 3.4 ms in 20 ms: 17 %, heavy
+        cpu_clock.step = 0.0034  # 3.4 ms in 20 ms: 17 %, heavy
         run(1.1)
         self.assertEqual(sockets.current_interval, 0.01)
         self.assertEqual((sockets.interval_changes, lights), (2, [True, False]))
         # light when the last socket goes: the next one starts at the short interval, and on_light hears it
-        step[0] = 0.0
+        cpu_clock.step = 0.0
         run(1.1)
         self.assertEqual((sockets.current_interval, lights), (0.02, [True, False, True]))
         for port in list(sockets._sockets.values()):
@@ -730,13 +737,7 @@ class IntervalTests(TestCase):
         time go ``quiet_interval`` apart; quiet ones come back to ``light_interval`` above 6 %, and straight to
         ``interval`` above 16 %; ``on_light`` hears only light or not; a new first socket starts at ``interval``."""
         clock = Clock()
-        cpu = [0.0]
-        step = [0.0]  # CPU seconds each clock read adds (a drain reads it twice: its CPU is one step)
-
-        def cpu_clock() -> float:
-            cpu[0] += step[0]
-            return cpu[0]
-
+        cpu_clock = SteppingCpuClock()
         lights: list[bool] = []
         sockets = MediaSockets(clock, interval=0.01, light_interval=0.02, quiet_interval=0.04, cpu_clock=cpu_clock,
                                on_light=lights.append)
@@ -749,7 +750,7 @@ class IntervalTests(TestCase):
                 clock.advance(sockets._timer.getTime() - clock.seconds())
 
         def level(cpu_per_drain: float, windows: int = 1) -> float:
-            step[0] = cpu_per_drain
+            cpu_clock.step = cpu_per_drain
             for _ in range(windows):
                 window()
             return sockets.current_interval
